@@ -1,0 +1,604 @@
+//! The configuration file: TOML -> validated `Config`. Every key has a named default; every
+//! error names the file and the key.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+pub const DEFAULT_WS_PORT: u16 = 9501;
+pub const DEFAULT_UDP_PORT: u16 = 9502;
+pub const DEFAULT_HTTP_PORT: u16 = 8880;
+pub const DEFAULT_PID_FILE: &str = "run/wspush.pid";
+pub const DEFAULT_LOG_FILE: &str = "logs/wspush.log";
+pub const DEFAULT_DATA_DIR: &str = "data";
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+pub const DEFAULT_HEARTBEAT_IDLE_TIME: u64 = 60;
+pub const DEFAULT_HANDSHAKE_TIMEOUT: u64 = 5;
+pub const DEFAULT_HTTP_REQUEST_TIMEOUT: u64 = 10;
+pub const DEFAULT_SLOW_CONSUMER_TIMEOUT: u64 = 5;
+pub const DEFAULT_CONNECTION_RATE_PER_IP: u32 = 1000;
+pub const DEFAULT_CONNECTION_BURST_PER_IP: u32 = 2000;
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
+pub const DEFAULT_SEND_BUFFER_SIZE: usize = 1024 * 1024;
+pub const DEFAULT_RATE_LIMIT: u32 = 100;
+pub const DEFAULT_RATE_LIMIT_BURST: u32 = 200;
+pub const DEFAULT_RATE_LIMIT_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_RATE_LIMIT_BYTES_BURST: usize = 4 * 1024 * 1024;
+pub const DEFAULT_TASK_TIMEOUT: u64 = 10;
+pub const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 5;
+pub const DEFAULT_ACCESS_TOKEN_LAYOUT: TokenLayout = TokenLayout::TokenUidSource;
+pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 1000;
+pub const DEFAULT_NODE_TTL: u64 = 10;
+pub const DEFAULT_MYSQL_TIMEOUT_MS: u64 = 2000;
+pub const DEFAULT_STORE_RETRY_LIMIT: usize = 100_000;
+pub const DEFAULT_MAX_CLOCK_SKEW: u64 = 30;
+pub const DEFAULT_PUSH_RATE_PER_IP: u32 = 50_000;
+pub const DEFAULT_PUSH_BURST_PER_IP: u32 = 100_000;
+
+/// Bounds that keep a typo from becoming an outage.
+const MIN_MESSAGE_SIZE: usize = 128;
+const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+const MAX_TASK_WORKERS: usize = 256;
+const MAX_NODE_ID: u16 = 1023;
+
+/// Order of the three dot-separated parts inside the decoded `access_token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenLayout {
+    #[serde(rename = "token.uid.source")]
+    TokenUidSource,
+    #[serde(rename = "uid.token.source")]
+    UidTokenSource,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub storage: Storage,
+    #[serde(default)]
+    pub push: Push,
+    #[serde(default)]
+    pub redis: Redis,
+    #[serde(default)]
+    pub mysql: Mysql,
+    #[serde(default = "default_udp_group")]
+    pub udpsocket_group: Vec<PushPeer>,
+    /// Where the file was read from; filled in by `load`, not a key.
+    #[serde(skip)]
+    pub source_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    pub host: String,
+    pub ws_port: u16,
+    pub udp_port: u16,
+    pub http_port: u16,
+    /// 0 means two per CPU core.
+    pub task_worker_num: usize,
+    pub daemonize: bool,
+    pub pid_file: PathBuf,
+    pub log_file: PathBuf,
+    pub log_level: String,
+    pub data_dir: PathBuf,
+    pub heartbeat_idle_time: u64,
+    pub handshake_timeout: u64,
+    /// Seconds a client's send queue may stay full before it is cut off as a slow consumer.
+    pub slow_consumer_timeout: u64,
+    /// Seconds an HTTP API request may take from its first byte to its last.
+    pub http_request_timeout: u64,
+    /// New WebSocket connections per second from one source address, and the burst above it.
+    pub connection_rate_per_ip: u32,
+    pub connection_burst_per_ip: u32,
+    /// 0 means derived from the open-file limit.
+    pub max_connection: usize,
+    pub max_message_size: usize,
+    pub send_buffer_size: usize,
+    pub rate_limit: u32,
+    pub rate_limit_burst: u32,
+    /// Client message bytes per second per connection, and the burst above it.
+    pub rate_limit_bytes: usize,
+    pub rate_limit_bytes_burst: usize,
+    pub task_timeout: u64,
+    pub shutdown_timeout: u64,
+    pub node_id: u16,
+    pub access_token_layout: TokenLayout,
+    /// The demo login shortcut; always on while `host` is a loopback address.
+    pub demo: bool,
+    /// The address other nodes and applications know this node by (presence keys); empty
+    /// means `host`, or 127.0.0.1 when `host` is a wildcard.
+    pub advertise_ip: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// Keep delivered messages too; undelivered ones are always kept.
+    pub backup: bool,
+}
+
+/// The push doors (UDP and HTTP API): how requests must be authenticated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Push {
+    /// Refuse requests authenticated by a plain `sk`: only signed ones pass.
+    pub require_signature: bool,
+    /// Seconds a signed request's timestamp may differ from the server's clock.
+    pub max_clock_skew: u64,
+    /// Requests per second from one source address on the push doors (UDP and HTTP API
+    /// together), and the burst above it; past it: 429.
+    pub rate_per_ip: u32,
+    pub burst_per_ip: u32,
+}
+
+impl Default for Push {
+    fn default() -> Self {
+        Push {
+            require_signature: false,
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
+            rate_per_ip: DEFAULT_PUSH_RATE_PER_IP,
+            burst_per_ip: DEFAULT_PUSH_BURST_PER_IP,
+        }
+    }
+}
+
+/// Redis: login tokens, presence, and routing between nodes. Empty `url`: one node alone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Redis {
+    pub url: String,
+    /// Connect, read and write timeout of every Redis call, in milliseconds.
+    pub timeout_ms: u64,
+    /// Seconds a node's heartbeat key lives; a node silent that long is taken for dead.
+    pub node_ttl: u64,
+}
+
+/// MySQL/MariaDB: every message kept in table `chat`. Empty `url`: the embedded store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mysql {
+    pub url: String,
+    pub timeout_ms: u64,
+    /// Messages the master holds for a retry while the database is down; past it the oldest
+    /// delivered (backup-only) messages are dropped first, and every drop is counted and logged.
+    pub retry_limit: usize,
+}
+
+impl Default for Redis {
+    fn default() -> Self {
+        Redis {
+            url: String::new(),
+            timeout_ms: DEFAULT_REDIS_TIMEOUT_MS,
+            node_ttl: DEFAULT_NODE_TTL,
+        }
+    }
+}
+
+impl Default for Mysql {
+    fn default() -> Self {
+        Mysql {
+            url: String::new(),
+            timeout_ms: DEFAULT_MYSQL_TIMEOUT_MS,
+            retry_limit: DEFAULT_STORE_RETRY_LIMIT,
+        }
+    }
+}
+
+/// One application back end allowed to push: its source address and shared secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushPeer {
+    pub ip: String,
+    pub secret_key: String,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            host: DEFAULT_HOST.into(),
+            ws_port: DEFAULT_WS_PORT,
+            udp_port: DEFAULT_UDP_PORT,
+            http_port: DEFAULT_HTTP_PORT,
+            task_worker_num: 0,
+            daemonize: true,
+            pid_file: DEFAULT_PID_FILE.into(),
+            log_file: DEFAULT_LOG_FILE.into(),
+            log_level: DEFAULT_LOG_LEVEL.into(),
+            data_dir: DEFAULT_DATA_DIR.into(),
+            heartbeat_idle_time: DEFAULT_HEARTBEAT_IDLE_TIME,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            http_request_timeout: DEFAULT_HTTP_REQUEST_TIMEOUT,
+            slow_consumer_timeout: DEFAULT_SLOW_CONSUMER_TIMEOUT,
+            connection_rate_per_ip: DEFAULT_CONNECTION_RATE_PER_IP,
+            connection_burst_per_ip: DEFAULT_CONNECTION_BURST_PER_IP,
+            max_connection: 0,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            send_buffer_size: DEFAULT_SEND_BUFFER_SIZE,
+            rate_limit: DEFAULT_RATE_LIMIT,
+            rate_limit_burst: DEFAULT_RATE_LIMIT_BURST,
+            rate_limit_bytes: DEFAULT_RATE_LIMIT_BYTES,
+            rate_limit_bytes_burst: DEFAULT_RATE_LIMIT_BYTES_BURST,
+            task_timeout: DEFAULT_TASK_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            node_id: 0,
+            access_token_layout: DEFAULT_ACCESS_TOKEN_LAYOUT,
+            demo: false,
+            advertise_ip: String::new(),
+        }
+    }
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage { backup: true }
+    }
+}
+
+fn default_udp_group() -> Vec<PushPeer> {
+    vec![PushPeer {
+        ip: "127.0.0.1".into(),
+        secret_key: "123456".into(),
+    }]
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: Server::default(),
+            storage: Storage::default(),
+            push: Push::default(),
+            redis: Redis::default(),
+            mysql: Mysql::default(),
+            udpsocket_group: default_udp_group(),
+            source_file: PathBuf::new(),
+        }
+    }
+}
+
+/// A configuration problem, located as precisely as we can: file, key and (for syntax) line.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: Option<String>,
+    pub line: Option<usize>,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config error in {}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, " line {line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, parses and validates `path`; relative paths inside are made absolute against the
+    /// current directory so that a daemon that changes directory still finds them.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.into(),
+            key: None,
+            line: None,
+            problem: format!("cannot read: {e}"),
+        })?;
+        let mut config = Config::parse(&text, path)?;
+        let cwd = std::env::current_dir().unwrap_or_default();
+        for p in [
+            &mut config.server.pid_file,
+            &mut config.server.log_file,
+            &mut config.server.data_dir,
+        ] {
+            if p.is_relative() {
+                *p = cwd.join(&*p);
+            }
+        }
+        config.source_file = path.into();
+        Ok(config)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| syntax_error(&e, text, path))?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, problem: String| ConfigError {
+            file: path.into(),
+            key: Some(key.into()),
+            line: None,
+            problem,
+        };
+        let s = &self.server;
+        if s.host.parse::<IpAddr>().is_err() {
+            return Err(bad(
+                "server.host",
+                format!("`{}` is not an IP address", s.host),
+            ));
+        }
+        for (key, port) in [
+            ("server.ws_port", s.ws_port),
+            ("server.udp_port", s.udp_port),
+            ("server.http_port", s.http_port),
+        ] {
+            if port == 0 {
+                return Err(bad(key, "must be a port from 1 to 65535".into()));
+            }
+        }
+        if s.ws_port == s.http_port {
+            return Err(bad(
+                "server.http_port",
+                "must differ from server.ws_port".into(),
+            ));
+        }
+        if s.task_worker_num > MAX_TASK_WORKERS {
+            return Err(bad(
+                "server.task_worker_num",
+                format!("at most {MAX_TASK_WORKERS}"),
+            ));
+        }
+        if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&s.max_message_size) {
+            return Err(bad(
+                "server.max_message_size",
+                format!("must be from {MIN_MESSAGE_SIZE} to {MAX_MESSAGE_SIZE} bytes"),
+            ));
+        }
+        if s.send_buffer_size < 2 * s.max_message_size {
+            return Err(bad(
+                "server.send_buffer_size",
+                "must be at least twice server.max_message_size".into(),
+            ));
+        }
+        for (key, value) in [
+            ("server.heartbeat_idle_time", s.heartbeat_idle_time),
+            ("server.handshake_timeout", s.handshake_timeout),
+            ("server.http_request_timeout", s.http_request_timeout),
+            ("server.slow_consumer_timeout", s.slow_consumer_timeout),
+            (
+                "server.connection_rate_per_ip",
+                u64::from(s.connection_rate_per_ip),
+            ),
+            (
+                "server.connection_burst_per_ip",
+                u64::from(s.connection_burst_per_ip),
+            ),
+            ("server.task_timeout", s.task_timeout),
+            ("server.rate_limit", u64::from(s.rate_limit)),
+            ("server.rate_limit_burst", u64::from(s.rate_limit_burst)),
+        ] {
+            if value == 0 {
+                return Err(bad(key, "must be greater than 0".into()));
+            }
+        }
+        if s.rate_limit_bytes == 0 {
+            return Err(bad(
+                "server.rate_limit_bytes",
+                "must be greater than 0".into(),
+            ));
+        }
+        if s.rate_limit_bytes_burst < 2 * s.max_message_size {
+            return Err(bad(
+                "server.rate_limit_bytes_burst",
+                "must be at least twice server.max_message_size, or the largest message could never pass".into(),
+            ));
+        }
+        if s.node_id > MAX_NODE_ID {
+            return Err(bad("server.node_id", format!("at most {MAX_NODE_ID}")));
+        }
+        if s.log_level.parse::<log::LevelFilter>().is_err() {
+            return Err(bad(
+                "server.log_level",
+                "one of error, warn, info, debug, trace".into(),
+            ));
+        }
+        if self.push.rate_per_ip == 0 || self.push.burst_per_ip == 0 {
+            return Err(bad(
+                "push.rate_per_ip",
+                "rate_per_ip and burst_per_ip must be greater than 0".into(),
+            ));
+        }
+        if self.push.max_clock_skew == 0 || self.push.max_clock_skew > 3600 {
+            return Err(bad(
+                "push.max_clock_skew",
+                "must be from 1 to 3600 seconds".into(),
+            ));
+        }
+        if !s.advertise_ip.is_empty() && s.advertise_ip.parse::<IpAddr>().is_err() {
+            return Err(bad(
+                "server.advertise_ip",
+                format!("`{}` is not an IP address", s.advertise_ip),
+            ));
+        }
+        if !self.redis.url.is_empty() {
+            if let Err(e) = redis::Client::open(self.redis.url.as_str()) {
+                return Err(bad("redis.url", format!("not a Redis URL: {e}")));
+            }
+            if self.redis.timeout_ms == 0 || self.redis.node_ttl < 3 {
+                return Err(bad(
+                    "redis.node_ttl",
+                    "timeout_ms must be > 0 and node_ttl at least 3".into(),
+                ));
+            }
+        }
+        if !self.mysql.url.is_empty() {
+            if let Err(e) = mysql::Opts::from_url(&self.mysql.url) {
+                return Err(bad("mysql.url", format!("not a MySQL URL: {e}")));
+            }
+            if self.mysql.timeout_ms == 0 {
+                return Err(bad("mysql.timeout_ms", "must be greater than 0".into()));
+            }
+        }
+        for (i, peer) in self.udpsocket_group.iter().enumerate() {
+            if peer.ip.parse::<IpAddr>().is_err() {
+                return Err(bad(
+                    &format!("udpsocket_group[{i}].ip"),
+                    format!("`{}` is not an IP address", peer.ip),
+                ));
+            }
+            if peer.secret_key.is_empty() {
+                return Err(bad(
+                    &format!("udpsocket_group[{i}].secret_key"),
+                    "is empty".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn task_workers(&self) -> usize {
+        match self.server.task_worker_num {
+            0 => 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// The demo login shortcut is safe only where nobody else can reach it.
+    pub fn demo_enabled(&self) -> bool {
+        self.server.demo
+            || self
+                .server
+                .host
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    pub fn cluster_enabled(&self) -> bool {
+        !self.redis.url.is_empty()
+    }
+
+    /// `ip:port` of this node's WebSocket door as other nodes and applications see it.
+    pub fn node_address(&self) -> (String, u16) {
+        let s = &self.server;
+        let ip = if !s.advertise_ip.is_empty() {
+            s.advertise_ip.clone()
+        } else if s.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+            "127.0.0.1".to_string()
+        } else {
+            s.host.clone()
+        };
+        (ip, s.ws_port)
+    }
+
+    /// The secret for a push from `ip`, if that address may push at all.
+    pub fn push_secret(&self, ip: IpAddr) -> Option<&str> {
+        let ip = canonical_ip(ip);
+        self.udpsocket_group
+            .iter()
+            .find(|p| p.ip.parse::<IpAddr>().is_ok_and(|a| canonical_ip(a) == ip))
+            .map(|p| p.secret_key.as_str())
+    }
+}
+
+/// IPv4-mapped IPv6 peers (dual-stack sockets) compare equal to their IPv4 form.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Turns a TOML error into one that names the line and, where it can, the `section.key`.
+fn syntax_error(e: &toml::de::Error, text: &str, path: &Path) -> ConfigError {
+    let (line, key) = match e.span() {
+        Some(span) => {
+            let line_no = text[..span.start.min(text.len())].matches('\n').count();
+            (Some(line_no + 1), key_at_line(text, line_no))
+        }
+        None => (None, None),
+    };
+    ConfigError {
+        file: path.into(),
+        key,
+        line,
+        problem: e.message().trim().to_string(),
+    }
+}
+
+/// `section.key` for the `key = value` on line `line_no` (0-based), if that line holds one.
+fn key_at_line(text: &str, line_no: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let key = lines.get(line_no)?.split('=').next()?.trim();
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let section = lines[..line_no]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').to_string());
+    Some(match section {
+        Some(s) => format!("{s}.{key}"),
+        None => key.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").expect("defaults");
+        assert_eq!(c.server.ws_port, DEFAULT_WS_PORT);
+        assert_eq!(c.udpsocket_group.len(), 1);
+        assert!(c.demo_enabled());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_file_and_line() {
+        let e = parse("[server]\nws_port = 1\nbogus = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.toml"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("server.bogus"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = parse("[server]\nws_port = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.ws_port"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = parse("[server]\nhost = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.host"), "{e}");
+        let e = parse("[[udpsocket_group]]\nip = \"1.2.3\"\nsecret_key = \"k\"\n").unwrap_err();
+        assert!(e.to_string().contains("udpsocket_group[0].ip"), "{e}");
+        let e = parse("[server]\nmax_message_size = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.max_message_size"), "{e}");
+    }
+
+    #[test]
+    fn push_secret_matches_mapped_ipv6() {
+        let c = parse("").expect("defaults");
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().expect("ip");
+        assert_eq!(c.push_secret(mapped), Some("123456"));
+        assert_eq!(c.push_secret("10.0.0.1".parse().expect("ip")), None);
+    }
+}

@@ -1,0 +1,13 @@
+//! wspush: a WebSocket message-push server. A master process runs one mio event loop over every
+//! socket; task worker processes do whatever may block. See README.md.
+
+pub mod config;
+pub mod daemon;
+pub mod ids;
+pub mod ipc;
+pub mod logging;
+pub mod master;
+pub mod protocol;
+pub mod status;
+pub mod store;
+pub mod worker;
