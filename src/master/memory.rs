@@ -1,7 +1,8 @@
 //! Giving memory back after a flood of connections has gone: the maps shrink to their
 //! contents, and glibc's allocator returns its freed pages to the system (`malloc_trim`),
 //! which it otherwise keeps for later. Done only after many connections closed, at most once
-//! a second: a trim walks the heap (milliseconds for tens of megabytes).
+//! a second: a trim walks the heap (milliseconds for tens of megabytes). The tail of a flood
+//! (fewer closes than the threshold, after a trim) gets one more trim once closes stop.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -14,6 +15,10 @@ const TRIM_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 pub struct Reclaimer {
     closes_since_trim: u64,
     last_trim: Option<Instant>,
+    /// `closes_since_trim` at the previous check: unchanged means closes have stopped.
+    closes_at_last_check: u64,
+    /// The last trim was for a flood, whose tail may still be unreturned.
+    after_flood: bool,
 }
 
 impl Reclaimer {
@@ -21,6 +26,8 @@ impl Reclaimer {
         Reclaimer {
             closes_since_trim: 0,
             last_trim: None,
+            closes_at_last_check: 0,
+            after_flood: false,
         }
     }
 
@@ -28,14 +35,22 @@ impl Reclaimer {
         self.closes_since_trim += 1;
     }
 
-    /// True when enough has been freed since the last trim, and not too recently.
+    /// True when enough has been freed since the last trim, and not too recently; or when a
+    /// flood's tail has closed and nothing more is closing. Called at a steady pace (the sweep).
     pub fn due(&mut self, now: Instant) -> bool {
-        let due = self.closes_since_trim >= CLOSES_BEFORE_TRIM
-            && self
-                .last_trim
-                .is_none_or(|t| now.duration_since(t) >= TRIM_AT_MOST_EVERY);
+        let rested = self
+            .last_trim
+            .is_none_or(|t| now.duration_since(t) >= TRIM_AT_MOST_EVERY);
+        let flood = self.closes_since_trim >= CLOSES_BEFORE_TRIM;
+        let tail = self.after_flood
+            && self.closes_since_trim > 0
+            && self.closes_since_trim == self.closes_at_last_check;
+        self.closes_at_last_check = self.closes_since_trim;
+        let due = rested && (flood || tail);
         if due {
+            self.after_flood = flood;
             self.closes_since_trim = 0;
+            self.closes_at_last_check = 0;
             self.last_trim = Some(now);
         }
         due
@@ -56,5 +71,32 @@ pub fn trim_allocator() {
     // and is safe to call at any time from the one thread that runs the loop.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(r: &mut Reclaimer, n: u64) {
+        (0..n).for_each(|_| r.connection_closed());
+    }
+
+    #[test]
+    fn a_flood_and_its_tail_are_each_trimmed_once() {
+        let mut r = Reclaimer::new();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        close(&mut r, 999);
+        assert!(!r.due(at(0)), "under the threshold, no flood yet");
+        close(&mut r, 201);
+        assert!(r.due(at(250)), "a flood");
+        close(&mut r, 800);
+        assert!(!r.due(at(500)), "still closing");
+        assert!(!r.due(at(750)), "closes stopped, but too soon after the last trim");
+        assert!(r.due(at(1250)), "the tail, once closes stopped");
+        close(&mut r, 10);
+        assert!(!r.due(at(2500)));
+        assert!(!r.due(at(2750)), "a trickle after a tail is no flood");
     }
 }

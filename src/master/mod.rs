@@ -18,6 +18,7 @@ pub mod signals;
 pub mod signature;
 mod subscriber;
 mod udp;
+mod udp_batch;
 pub mod ws;
 
 use crate::config::Config;
@@ -103,7 +104,8 @@ pub struct Master {
     ready_notifier: Option<std::os::unix::net::UnixStream>,
     stopping: Option<Instant>,
     pid_file: Option<PathBuf>,
-    udp_buf: Vec<u8>,
+    /// Taken while a batch is handled (the handler needs `&mut self`).
+    udp_batch: Option<Box<udp_batch::UdpBatch>>,
     started: Instant,
     next_sweep: Instant,
     /// Cluster mode (Redis configured).
@@ -206,7 +208,9 @@ impl Master {
             ready_notifier,
             stopping: None,
             pid_file,
-            udp_buf: vec![0; 65_536],
+            udp_batch: Some(Box::new(udp_batch::UdpBatch::new(
+                config.server.max_message_size,
+            ))),
             started: now,
             next_sweep: now + SWEEP_EVERY,
             cluster,

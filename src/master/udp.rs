@@ -1,15 +1,17 @@
-//! The UDP push port: one datagram in, one reply datagram out. The source address is checked
-//! before any parsing, so a flood of foreign datagrams costs a lookup each.
+//! The UDP push port: one datagram in, one reply datagram out (read and answered in batches,
+//! see `udp_batch`). The source address is checked before any parsing, so a flood of foreign
+//! datagrams costs a lookup each.
 
 use super::cluster::ReplyTo;
 use super::http::error_body;
 use super::push::{parse_push, PushError};
 use super::routing::PushOutcome;
 use super::signature;
+use super::udp_batch::{Datagram, BATCH};
 use super::Master;
 use crate::ids::unix_now;
 use log::debug;
-use std::io;
+use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 impl Master {
@@ -48,44 +50,58 @@ impl Master {
     }
 
     pub(super) fn on_udp_readable(&mut self, now: Instant) {
-        loop {
-            let Some(sockets) = self.sockets.as_ref() else {
-                return;
-            };
-            let (len, from) = match sockets.udp.recv_from(&mut self.udp_buf) {
-                Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+        let Some(mut batch) = self.udp_batch.take() else {
+            return;
+        };
+        while let Some(fd) = self.sockets.as_ref().map(|s| s.udp.as_raw_fd()) {
+            let read = match batch.receive(fd) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     debug!("UDP receive failed: {e}");
-                    return;
+                    break;
                 }
             };
-            let reply = if !self.push_limit.allow(from.ip(), now) {
-                self.stats.refused_push_rate += 1;
-                error_body(429, "too many pushes from this address")
-            } else if len > self.config.server.max_message_size {
-                error_body(413, "datagram too large")
-            } else {
-                let secret = self.config.push_secret(from.ip()).map(str::to_owned);
-                let datagram = self.udp_buf[..len].to_vec();
-                let parsed = match self.authenticate_datagram(&datagram, secret.as_deref()) {
-                    Ok((body, presented)) => parse_push(body, secret.as_deref(), presented),
-                    Err(e) => Err(e),
-                };
-                match parsed {
-                    Ok(push) => match self.execute_push(push, ReplyTo::Udp(from), now) {
-                        PushOutcome::Now { body, .. } => body,
-                        // Answered once the other nodes have.
-                        PushOutcome::Later => continue,
-                    },
-                    Err(e) => error_body(e.code, &e.msg),
+            for i in 0..batch.datagrams().len() {
+                let datagram = batch.datagrams()[i];
+                if let Some(reply) = self.answer_datagram(batch.payload(i), &datagram, now) {
+                    batch.queue_reply(datagram.from, reply.as_bytes());
                 }
-            };
-            if let Some(sockets) = self.sockets.as_ref() {
-                // A full send buffer drops the reply, never blocks the loop.
-                let _ = sockets.udp.send_to(reply.as_bytes(), from);
             }
+            batch.send_replies(fd);
+            if read < BATCH {
+                break;
+            }
+        }
+        self.udp_batch = Some(batch);
+    }
+
+    /// The reply to one datagram, or None when it comes later (a cluster-wide push).
+    fn answer_datagram(
+        &mut self,
+        payload: &[u8],
+        datagram: &Datagram,
+        now: Instant,
+    ) -> Option<String> {
+        let from = datagram.from;
+        if !self.push_limit.allow(from.ip(), now) {
+            self.stats.refused_push_rate += 1;
+            return Some(error_body(429, "too many pushes from this address"));
+        }
+        if datagram.truncated || payload.len() > self.config.server.max_message_size {
+            return Some(error_body(413, "datagram too large"));
+        }
+        let secret = self.config.push_secret(from.ip()).map(str::to_owned);
+        let parsed = match self.authenticate_datagram(payload, secret.as_deref()) {
+            Ok((body, presented)) => parse_push(body, secret.as_deref(), presented),
+            Err(e) => Err(e),
+        };
+        match parsed {
+            Ok(push) => match self.execute_push(push, ReplyTo::Udp(from), now) {
+                PushOutcome::Now { body, .. } => Some(body),
+                PushOutcome::Later => None,
+            },
+            Err(e) => Some(error_body(e.code, &e.msg)),
         }
     }
 }
