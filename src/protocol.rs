@@ -141,8 +141,15 @@ pub fn uid_from_json(v: &serde_json::Value) -> Option<Uid> {
     }
 }
 
-fn uid_from_raw(raw: &RawValue) -> Option<Uid> {
-    uid_from_json(&serde_json::from_str(raw.get()).ok()?)
+/// A uid written as a JSON number or string, read without building a `Value` in the common
+/// cases (plain digits, with or without quotes).
+pub fn uid_from_raw(raw: &RawValue) -> Option<Uid> {
+    let text = raw.get();
+    match text.as_bytes().first()? {
+        b'"' if !text.contains('\\') => parse_uid(text.get(1..text.len() - 1)?),
+        b'0'..=b'9' => text.parse().ok(),
+        _ => uid_from_json(&serde_json::from_str(text).ok()?),
+    }
 }
 
 /// A text frame from a logged-in client, validated.

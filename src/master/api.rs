@@ -5,7 +5,7 @@ use super::cluster::ReplyTo;
 use super::http::{self, json_response, Parsed, Request};
 use super::outbuf::OutQueue;
 use super::pool::Origin;
-use super::push::{parse_push, PushRequest};
+use super::push::{parse_push, PushData, PushRequest};
 use super::signature;
 use super::Master;
 use super::API_BASE;
@@ -215,7 +215,7 @@ impl Master {
                 data.insert("content".into(), json!({"type": "text", "value": content}));
                 let push = PushRequest {
                     means: super::push::Means::ToUid(to_uid),
-                    data,
+                    data: PushData::from_map(data),
                 };
                 self.execute_push(push, ReplyTo::Http(id), now)
                     .into_answer()

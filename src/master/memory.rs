@@ -93,7 +93,10 @@ mod tests {
         assert!(r.due(at(250)), "a flood");
         close(&mut r, 800);
         assert!(!r.due(at(500)), "still closing");
-        assert!(!r.due(at(750)), "closes stopped, but too soon after the last trim");
+        assert!(
+            !r.due(at(750)),
+            "closes stopped, but too soon after the last trim"
+        );
         assert!(r.due(at(1250)), "the tail, once closes stopped");
         close(&mut r, 10);
         assert!(!r.due(at(2500)));

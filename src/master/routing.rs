@@ -4,7 +4,7 @@
 use super::cluster::ReplyTo;
 use super::outbuf::{text_frame, SharedFrame};
 use super::pool::Origin;
-use super::push::{Means, PushRequest};
+use super::push::{Means, PushData, PushRequest};
 use super::registry::ConnId;
 use super::ws::Phase;
 use super::Master;
@@ -12,7 +12,8 @@ use crate::ids::unix_now;
 use crate::ipc::Task;
 use crate::protocol::{self, close_code, ClientRequest, MessageRecord, Uid};
 use log::warn;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
+use std::fmt::Write;
 use std::time::Instant;
 
 /// The outcome of a push, as its reply datagram or HTTP body says it.
@@ -60,6 +61,22 @@ impl PushOutcome {
             PushOutcome::Now { status, body } => Some((status, body)),
             PushOutcome::Later => None,
         }
+    }
+
+    /// `{"code":0,"msg":"ok","id":..,"delivered":N,"onLine":0|1}`, written directly: it
+    /// answers every push.
+    pub fn delivered(id: Option<u64>, delivered: usize) -> PushOutcome {
+        let mut body = String::with_capacity(80);
+        body.push_str("{\"code\":0,\"msg\":\"ok\"");
+        if let Some(id) = id {
+            let _ = write!(body, ",\"id\":\"{id}\"");
+        }
+        let _ = write!(
+            body,
+            ",\"delivered\":{delivered},\"onLine\":{}}}",
+            u8::from(delivered > 0)
+        );
+        PushOutcome::Now { status: 200, body }
     }
 
     fn ok(extra: Value) -> PushOutcome {
@@ -324,9 +341,7 @@ impl Master {
                         self.deliver_to_all(&frame, now)
                     }
                 };
-                PushOutcome::ok(
-                    json!({"id": id.to_string(), "delivered": delivered, "onLine": u8::from(delivered > 0)}),
-                )
+                PushOutcome::delivered(Some(id), delivered)
             }
             Means::Online(uid) => {
                 let sources: Vec<String> = self
@@ -366,15 +381,10 @@ impl Master {
             .count()
     }
 
-    /// `data` with an `id`, and `time` when absent, as JSON text.
-    fn stamp(&mut self, data: &Map<String, Value>) -> (u64, String) {
+    /// `data` stamped with a fresh `id` (and `time` when absent), as JSON text.
+    fn stamp(&mut self, data: &PushData) -> (u64, String) {
         let id = self.ids.next_id();
-        let mut frame = data.clone();
-        frame.insert("id".into(), Value::String(id.to_string()));
-        frame
-            .entry("time")
-            .or_insert_with(|| Value::from(unix_now()));
-        (id, Value::Object(frame).to_string())
+        (id, data.stamped(id))
     }
 
     /// Each uid gets its own message (its own id and row): delivered here at once, and in a
@@ -382,7 +392,7 @@ impl Master {
     fn push_to_uids(
         &mut self,
         uids: &[Uid],
-        data: &Map<String, Value>,
+        data: &PushData,
         to: ReplyTo,
         now: Instant,
     ) -> PushOutcome {
@@ -395,43 +405,31 @@ impl Master {
             } else {
                 self.deliver_to_uid(to_uid, &text_frame(&json), now)
             };
-            let time = data
-                .get("time")
-                .and_then(protocol::uid_from_json)
-                .unwrap_or_else(unix_now);
-            let record = MessageRecord {
-                id,
-                uid: data
-                    .get("uid")
-                    .and_then(protocol::uid_from_json)
-                    .unwrap_or(0),
-                to_uid,
-                kind: data
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("push")
-                    .to_owned(),
-                state: u8::from(delivered > 0),
-                content: data
-                    .get("content")
-                    .map_or_else(|| "null".to_owned(), Value::to_string),
-                time,
-            };
-            deliveries.push((record, json, delivered));
+            deliveries.push((id, to_uid, json, delivered));
         }
+        let record = |(id, to_uid, _, delivered): &(u64, Uid, String, usize)| MessageRecord {
+            id: *id,
+            uid: data.sender,
+            to_uid: *to_uid,
+            kind: data.kind().to_owned(),
+            state: u8::from(*delivered > 0),
+            content: data.content().to_owned(),
+            time: data.time(),
+        };
         if self.cluster.is_some() {
+            let deliveries = deliveries
+                .into_iter()
+                .map(|d| (record(&d), d.2, d.3))
+                .collect();
             return self.route_push_to_uids(to, deliveries);
         }
-        let id = deliveries
-            .first()
-            .map(|(r, _, _)| r.id.to_string())
-            .unwrap_or_default();
-        let delivered: usize = deliveries.iter().map(|(_, _, n)| n).sum();
-        for (record, _, _) in deliveries {
-            self.persist(record);
+        let first = deliveries.first().map(|d| d.0);
+        let delivered: usize = deliveries.iter().map(|d| d.3).sum();
+        // Only what must be kept is turned into a record.
+        let keep_delivered = self.config.storage.backup;
+        for d in deliveries.iter().filter(|d| d.3 == 0 || keep_delivered) {
+            self.persist(record(d));
         }
-        PushOutcome::ok(
-            json!({"id": id, "delivered": delivered, "onLine": u8::from(delivered > 0)}),
-        )
+        PushOutcome::delivered(first, delivered)
     }
 }
