@@ -242,7 +242,13 @@ fn bind(config: &Config) -> Result<Sockets, String> {
         .map_err(|e| format!("cannot bind HTTP port {}: {e}", addr(s.http_port)))?;
     let udp = UdpSocket::bind(addr(s.udp_port))
         .map_err(|e| format!("cannot bind UDP port {}: {e}", addr(s.udp_port)))?;
-    use nix::sys::socket::{setsockopt, sockopt};
+    use nix::sys::socket::{listen, setsockopt, sockopt, Backlog};
+    // mio listens with std's backlog of 128: a burst of logins overflowed it and the dropped
+    // SYNs cost clients a second each (retransmission). Listening again raises it; the kernel
+    // caps it at net.core.somaxconn.
+    for listener in [&ws, &http] {
+        listen(listener, Backlog::MAXCONN).map_err(|e| format!("cannot listen: {e}"))?;
+    }
     // Best effort: a smaller buffer still works, it only drops sooner under a burst.
     let _ = setsockopt(&udp, sockopt::RcvBuf, &UDP_RECEIVE_BUFFER);
     let _ = setsockopt(&udp, sockopt::SndBuf, &UDP_RECEIVE_BUFFER);

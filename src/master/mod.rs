@@ -106,6 +106,8 @@ pub struct Master {
     pid_file: Option<PathBuf>,
     /// Taken while a batch is handled (the handler needs `&mut self`).
     udp_batch: Option<Box<udp_batch::UdpBatch>>,
+    /// The UDP socket may hold datagrams not read yet.
+    udp_backlog: bool,
     started: Instant,
     next_sweep: Instant,
     /// Cluster mode (Redis configured).
@@ -208,6 +210,7 @@ impl Master {
             ready_notifier,
             stopping: None,
             pid_file,
+            udp_backlog: false,
             udp_batch: Some(Box::new(udp_batch::UdpBatch::new(
                 config.server.max_message_size,
             ))),
@@ -237,7 +240,11 @@ impl Master {
         }
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self.next_sweep.saturating_duration_since(Instant::now());
+            let timeout = if self.udp_backlog {
+                Duration::ZERO
+            } else {
+                self.next_sweep.saturating_duration_since(Instant::now())
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e.into());
@@ -246,6 +253,9 @@ impl Master {
             let now = Instant::now();
             for event in events.iter() {
                 self.dispatch(event, now);
+            }
+            if self.udp_backlog {
+                self.on_udp_readable(now);
             }
             self.apply_completions(now);
             if now >= self.next_sweep {
@@ -271,7 +281,8 @@ impl Master {
         match event.token() {
             WS_LISTENER => self.accept_ws(now),
             HTTP_LISTENER => self.accept_api(now),
-            UDP_SOCKET => self.on_udp_readable(now),
+            // Read after the other events (see `on_udp_readable`).
+            UDP_SOCKET => self.udp_backlog = true,
             SIGNALS => self.on_signals(now),
             subscriber::SUBSCRIBER_TOKEN => self.on_subscriber_event(now),
             t if Pool::owns(t) && t.0 < API_BASE => self.pool.on_event(t, self.poll.registry()),

@@ -14,6 +14,9 @@ use log::debug;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
+/// Datagram batches handled per loop turn before the loop writes to its clients.
+const BATCHES_PER_TURN: usize = 4;
+
 impl Master {
     /// The push body of a datagram, and the secret it proved it knows (a valid signature), or
     /// None when it relies on the `sk` inside. Refused: a bad or replayed signature, or an
@@ -49,10 +52,15 @@ impl Master {
         }
     }
 
+    /// Reads and answers datagrams, at most `BATCHES_PER_TURN` batches: a pusher that keeps
+    /// the socket full must not hold back the loop's writes to clients (their latency). What
+    /// is left waits for the next turn, which then does not sleep (`udp_backlog`).
     pub(super) fn on_udp_readable(&mut self, now: Instant) {
+        self.udp_backlog = false;
         let Some(mut batch) = self.udp_batch.take() else {
             return;
         };
+        let mut batches = 0;
         while let Some(fd) = self.sockets.as_ref().map(|s| s.udp.as_raw_fd()) {
             let read = match batch.receive(fd) {
                 Ok(n) => n,
@@ -69,7 +77,13 @@ impl Master {
                 }
             }
             batch.send_replies(fd);
+            // Fewer than a full batch: the socket is drained.
             if read < BATCH {
+                break;
+            }
+            batches += 1;
+            if batches == BATCHES_PER_TURN {
+                self.udp_backlog = true;
                 break;
             }
         }
