@@ -474,7 +474,13 @@ impl Master {
         let idle = Duration::from_secs(self.config.server.heartbeat_idle_time);
         let mut expired = Vec::new();
         let mut idle_ones = Vec::new();
-        for (id, s) in &self.sessions {
+        let mut slow_logins = Vec::new();
+        for (id, s) in self.sessions.iter_mut() {
+            if s.upgrade_held && matches!(s.phase, Phase::AwaitingLogin) {
+                // The login check is slow: the client gets its 101 now, the login frame later.
+                s.upgrade_held = false;
+                slow_logins.push(*id);
+            }
             if s.deadline.is_some_and(|d| d <= now) && !matches!(s.phase, Phase::Open { .. }) {
                 expired.push(*id);
             } else if matches!(s.phase, Phase::Open { .. })
@@ -482,6 +488,9 @@ impl Master {
             {
                 idle_ones.push(*id);
             }
+        }
+        for id in slow_logins {
+            self.mark_flush(id);
         }
         for id in expired {
             self.drop_session(id);

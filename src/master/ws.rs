@@ -167,6 +167,9 @@ pub struct Session {
     /// connection is (so that nothing sent to it from then on can miss it).
     pub welcome: Option<Box<Welcome>>,
     pub queued_for_flush: bool,
+    /// The 101 answer waits for the login frame, so that both leave in one TCP packet (one
+    /// send less per login on both sides). The sweep lets it go if the check is slow.
+    pub upgrade_held: bool,
 }
 
 impl Session {
@@ -198,6 +201,7 @@ impl Session {
             broken: false,
             welcome: None,
             queued_for_flush: false,
+            upgrade_held: false,
         }
     }
 
@@ -287,6 +291,7 @@ impl Session {
             Some(limits.ws),
         ));
         self.phase = Phase::AwaitingLogin;
+        self.upgrade_held = true;
         events.push(WsEvent::Upgraded {
             access_token: req.param("access_token"),
             device: req
@@ -449,6 +454,9 @@ impl Session {
 
     /// Writes what is queued. Err when the socket is dead.
     pub fn flush(&mut self) -> io::Result<()> {
+        if self.upgrade_held && matches!(self.phase, Phase::AwaitingLogin) {
+            return Ok(());
+        }
         self.out.write_to(&mut self.stream).map(|_| ())
     }
 
