@@ -35,7 +35,7 @@ pub struct BenchServer {
     pub ws: u16,
     pub udp: u16,
     pub http: u16,
-    dir: PathBuf,
+    pub dir: PathBuf,
 }
 
 impl Drop for BenchServer {
@@ -51,6 +51,11 @@ impl BenchServer {
     /// `server` lines added to `[server]` and `sections` after it; waits until it serves and,
     /// in cluster mode, is subscribed.
     pub fn start(tag: &str, server: &str, sections: &str) -> BenchServer {
+        BenchServer::start_with(tag, server, "backup = false", sections)
+    }
+
+    /// As `start`, with `storage` as the `[storage]` section's lines.
+    pub fn start_with(tag: &str, server: &str, storage: &str, sections: &str) -> BenchServer {
         let dir = std::env::temp_dir().join(format!("wspush-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
@@ -58,7 +63,7 @@ impl BenchServer {
         let config = format!(
             "[server]\nws_port = {ws}\nudp_port = {udp}\nhttp_port = {http}\ntask_worker_num = 2\ndaemonize = false\n\
              pid_file = \"{d}/wspush.pid\"\nlog_file = \"{d}/wspush.log\"\ndata_dir = \"{d}/data\"\nlog_level = \"warn\"\n\
-             {UNLIMITED}{server}\n[storage]\nbackup = false\n[push]\nrate_per_ip = 100000000\nburst_per_ip = 100000000\n\
+             {UNLIMITED}{server}\n[storage]\n{storage}\n[push]\nrate_per_ip = 100000000\nburst_per_ip = 100000000\n\
              {sections}\n[[udpsocket_group]]\nip = \"127.0.0.1\"\nsecret_key = \"{SECRET}\"\n",
             d = dir.display()
         );

@@ -16,6 +16,8 @@
 //! cargo bench --bench load -- chat --users 1000 --senders 200   # WebSocket to WebSocket, window 8
 //! cargo bench --bench load -- broadcast --users 19000    # 10 rounds, time to first and last recipient
 //! cargo bench --bench load -- seed10k --users 10000      # one push per user: first send to last delivery
+//! cargo bench --bench load -- store                       # push with every message kept: rows/s
+//! WSPUSH_BENCH_MYSQL=mysql://root@127.0.0.1:3306/test cargo bench --bench load -- store   # into MariaDB
 //! ```
 //!
 //! Options: `--users N`, `--messages N`, `--window N`, `--agents N` (default: at most 9,500
@@ -34,6 +36,7 @@ mod fleet;
 mod pusher;
 mod report;
 mod scenarios;
+mod store;
 mod tally;
 
 /// Connections one agent holds at most by default (one process may open 20,000 files).
@@ -49,6 +52,9 @@ enum Scenario {
     Broadcast,
     #[value(name = "seed10k")]
     Seed10k,
+    /// `push` with every message kept: rows per second into MariaDB (`WSPUSH_BENCH_MYSQL`)
+    /// or the embedded store.
+    Store,
 }
 
 #[derive(Parser)]
@@ -77,8 +83,8 @@ struct Args {
     /// Chat senders.
     #[arg(long, default_value_t = 200)]
     senders: u64,
-    /// Handshakes under way at once, over all agents (the server's listen backlog is 128).
-    #[arg(long, default_value_t = 128)]
+    /// Handshakes under way at once, over all agents (well within the server's backlog).
+    #[arg(long, default_value_t = 512)]
     max_pending: usize,
     /// Added by `cargo bench`; ignored.
     #[arg(long, hide = true)]
@@ -100,7 +106,8 @@ fn main() {
     let agents = args
         .agents
         .unwrap_or_else(|| users.div_ceil(CONNS_PER_AGENT).max(2) as usize);
-    let mut bench = scenarios::Bench::start(users, agents, args.max_pending.max(1));
+    let store = (args.scenario == Scenario::Store).then(store::Store::from_env);
+    let mut bench = scenarios::Bench::start(users, agents, args.max_pending.max(1), store.as_ref());
     let figures = match args.scenario {
         Scenario::Connect => scenarios::connect(&mut bench),
         Scenario::Push | Scenario::Latency => {
@@ -126,6 +133,12 @@ fn main() {
             args.window.unwrap_or(8) as u32,
         ),
         Scenario::Broadcast => scenarios::broadcast(&mut bench, args.rounds),
+        Scenario::Store => scenarios::store(
+            &mut bench,
+            store.as_ref().expect("a store for the store scenario"),
+            args.messages.unwrap_or(200_000),
+            args.window.unwrap_or(256),
+        ),
     };
     let pass = report::print(&bench.connect, &figures);
     // Agents and server go before the exit code is set: exit() would skip their destructors.

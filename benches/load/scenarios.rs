@@ -8,6 +8,7 @@ use crate::control::{decode_hist, new_hist, now_ns, self_cpu_secs, Command, Coun
 use crate::fleet::Fleet;
 use crate::pusher::Pusher;
 use crate::report::{ConnectFigures, Figures};
+use crate::store::Store;
 use hdrhistogram::Histogram;
 use std::time::{Duration, Instant};
 
@@ -68,10 +69,15 @@ impl GenCpu {
 }
 
 impl Bench {
-    /// `max_pending` handshakes under way at once in all: the server's listen backlog (128
-    /// with mio's default) overflows past it, and a dropped SYN costs a 1 s retransmission.
-    pub fn start(users: u64, agents: usize, max_pending: usize) -> Bench {
-        let server = BenchServer::start("load", "heartbeat_idle_time = 3600\n", "");
+    /// `max_pending` handshakes under way at once in all: past the server's listen backlog a
+    /// dropped SYN costs a 1 s retransmission. `store`: the server keeps every message there.
+    pub fn start(users: u64, agents: usize, max_pending: usize, store: Option<&Store>) -> Bench {
+        let (storage, sections) = store.map_or_else(
+            || ("backup = false".to_owned(), String::new()),
+            Store::server_config,
+        );
+        let server =
+            BenchServer::start_with("load", "heartbeat_idle_time = 3600\n", &storage, &sections);
         let t = Instant::now();
         server.register_tokens(1..=users as usize);
         eprintln!(
@@ -489,4 +495,34 @@ pub fn chat(b: &mut Bench, senders: u64, messages: u64, window: u32) -> Figures 
         // Frames never sent or never acked.
         send_errors: (total - sent.min(total)) + (sent - acked.min(sent)),
     }
+}
+
+/// `push` with every message kept (`backup = true`): rows per second into the store, from the
+/// first push until the last row is there, beside the delivery figures.
+pub fn store(b: &mut Bench, store: &Store, msgs: u64, window: usize) -> Figures {
+    let dir = b.server.dir.clone();
+    let before = store.max_id(&dir);
+    let first = now_ns();
+    let mut figures = push(b, "store", msgs, window, None);
+    let deadline = Instant::now() + Duration::from_millis(DELIVERY_TIMEOUT_MS);
+    let rows = loop {
+        let rows = store.rows_after(&dir, before).unwrap_or(0);
+        if rows >= msgs || Instant::now() >= deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let secs = now_ns().saturating_sub(first) as f64 / 1e9;
+    figures.notes.push(format!(
+        "store      {rows} of {msgs} rows kept in {} in {secs:.3} s = {:.0} rows/s (first push to last row)",
+        store.name(),
+        rows as f64 / secs.max(1e-9)
+    ));
+    figures
+        .extra
+        .push(("rows_per_s", format!("{:.0}", rows as f64 / secs.max(1e-9))));
+    figures.extra.push(("rows", rows.to_string()));
+    // A row not kept fails the run like a message not delivered.
+    figures.send_errors += msgs.saturating_sub(rows);
+    figures
 }
