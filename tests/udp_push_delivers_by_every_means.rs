@@ -302,3 +302,33 @@ fn to_uids_keeps_the_message_for_listed_uids_that_are_offline() {
     assert_eq!(got["content"]["value"], "for both", "{got}");
     later.expect_nothing_queued();
 }
+
+#[test]
+fn broadcasts_and_pushes_keep_their_order_at_a_client_that_reads_late() {
+    let server = ServerBuilder::new("udp-broadcast-order")
+        .set("send_buffer_size", "8388608")
+        .start();
+    let mut late = server.login(1, "app");
+    let mut prompt = server.login(2, "app");
+    // Large frames fill the late reader's socket, so the server's queue for it holds the rest
+    // while broadcasts (written at once to whoever can take them) and pushes interleave.
+    let filler = "x".repeat(16 * 1024);
+    for seq in 0..100 {
+        if seq % 2 == 0 {
+            let data = json!({"type": "notice", "content": {"seq": seq, "pad": filler}});
+            ok_reply(&server.push("broadcast", data), 2);
+        } else {
+            let data = json!({"to_uid": "1", "type": "chat", "uid": "0",
+                "content": {"seq": seq, "pad": filler}});
+            ok_reply(&server.push("to_uid", data), 1);
+        }
+    }
+    let seqs: Vec<u64> = (0..100)
+        .map(|_| late.recv()["content"]["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, (0..100).collect::<Vec<_>>());
+    let seqs: Vec<u64> = (0..50)
+        .map(|_| prompt.recv()["content"]["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, (0..100).step_by(2).collect::<Vec<_>>());
+}

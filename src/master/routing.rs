@@ -6,7 +6,7 @@ use super::outbuf::{text_frame, SharedFrame};
 use super::pool::Origin;
 use super::push::{Means, PushData, PushRequest};
 use super::registry::ConnId;
-use super::ws::Phase;
+use super::ws::{Limits, Phase, Session};
 use super::Master;
 use crate::ids::unix_now;
 use crate::ipc::Task;
@@ -199,17 +199,12 @@ impl Master {
         let Some(s) = self.sessions.get_mut(&id) else {
             return false;
         };
-        if s.send(frame, &self.limits) {
-            self.stats.frames_out += 1;
-            self.mark_flush(id);
-            return true;
+        if !queue_frame(s, frame, &self.limits, now) {
+            return false;
         }
-        // Full: this frame is not delivered here; the client has `slow_consumer_timeout`
-        // to catch up before it is cut off (see `cut_off_slow_consumers`).
-        if !matches!(s.phase, Phase::Closing) {
-            s.full_since.get_or_insert(now);
-        }
-        false
+        self.stats.frames_out += 1;
+        self.mark_flush(id);
+        true
     }
 
     /// Connections whose send queue stayed full past `slow_consumer_timeout` are closed with
@@ -367,18 +362,32 @@ impl Master {
         }
     }
 
-    /// Every open connection of this node.
+    /// Every open connection of this node, in one pass over the sessions: each gets the frame
+    /// written at once rather than queued for the end of the turn, so the first recipients
+    /// have it while the last are reached, and each (cold) session is touched once.
     pub(super) fn deliver_to_all(&mut self, frame: &SharedFrame, now: Instant) -> usize {
-        let targets: Vec<ConnId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| matches!(s.phase, Phase::Open { .. }))
-            .map(|(id, _)| *id)
-            .collect();
-        targets
-            .into_iter()
-            .filter(|c| self.send_frame(*c, frame, now))
-            .count()
+        let mut delivered = 0;
+        let mut unflushed = Vec::new();
+        for (id, s) in self.sessions.iter_mut() {
+            if !matches!(s.phase, Phase::Open { .. }) || !queue_frame(s, frame, &self.limits, now) {
+                continue;
+            }
+            delivered += 1;
+            // Already due for a flush (it has more queued): that flush sends this frame too.
+            if s.queued_for_flush {
+                continue;
+            }
+            let written = s.flush().is_ok() && s.out.is_empty();
+            if !written || s.is_done() {
+                // The rest waits for writability, or the error is handled by the flush.
+                unflushed.push(*id);
+            }
+        }
+        self.stats.frames_out += delivered as u64;
+        for id in unflushed {
+            self.mark_flush(id);
+        }
+        delivered
     }
 
     /// `data` stamped with a fresh `id` (and `time` when absent), as JSON text.
@@ -432,4 +441,17 @@ impl Master {
         }
         PushOutcome::delivered(first, delivered)
     }
+}
+
+/// Queues `frame` on a session within its send bound. Refused when full: that frame is not
+/// delivered here, and the client has `slow_consumer_timeout` to catch up before it is cut off
+/// (see `cut_off_slow_consumers`).
+fn queue_frame(s: &mut Session, frame: &SharedFrame, limits: &Limits, now: Instant) -> bool {
+    if s.send(frame, limits) {
+        return true;
+    }
+    if !matches!(s.phase, Phase::Closing) {
+        s.full_since.get_or_insert(now);
+    }
+    false
 }
