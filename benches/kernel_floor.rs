@@ -1,8 +1,9 @@
 //! The kernel's share of moving one message over loopback on this machine, with no server
 //! logic at all: what a push costs at least. A writer process sends small frames round robin
 //! to CONNS TCP connections (one `write` each, as the master's `writev` does) and, in the
-//! second part, answers datagrams with `sendmmsg` as the UDP door does; reader processes
-//! drain everything with epoll. The writer's CPU time per message is the floor that
+//! second part, answers datagrams one `recv` and one `send` at a time (the UDP door batches
+//! them, which saves the calls but not the per-datagram network path); a reader process
+//! drains the connections with epoll. The writer's CPU time per message is the floor that
 //! `load -- push` is compared with: on loopback the receiver's kernel path (TCP receive,
 //! wakeup) runs inside the writer's system call, so it is charged to the writer, as it is to
 //! the server in the load benches.
@@ -113,8 +114,8 @@ fn tcp_floor(conns: usize, messages: usize) {
     }
 }
 
-/// Datagrams in with `recvmmsg`-sized bursts and one reply each, as the UDP door does,
-/// measured with plain recv/send: the reply's cost is the same per datagram either way.
+/// Datagrams in and one reply each, with plain recv/send: the network path per datagram is
+/// the floor whether or not the calls are batched.
 fn udp_floor(messages: usize) {
     let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let client = UdpSocket::bind("127.0.0.1:0").expect("bind");

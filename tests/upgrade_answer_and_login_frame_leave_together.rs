@@ -8,14 +8,20 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-fn upgrade_request(server: &Server, uid: u64) -> String {
+/// Connects and sends the upgrade request for `uid` (token `tok<uid>`), without waiting.
+fn send_upgrade(server: &Server, uid: u64) -> TcpStream {
     let token = wspush::protocol::encode_access_token(&format!("tok{uid}"), uid, "app");
-    format!(
+    let request = format!(
         "GET /?access_token={token} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          Sec-WebSocket-Version: 13\r\n\r\n",
         server.ws_port
-    )
+    );
+    let mut stream = TcpStream::connect(("127.0.0.1", server.ws_port)).expect("connect");
+    stream
+        .write_all(request.as_bytes())
+        .expect("upgrade request");
+    stream
 }
 
 /// What one `read` returns.
@@ -30,10 +36,7 @@ fn first_read(stream: &mut TcpStream) -> String {
 fn the_first_read_holds_the_101_and_the_login_frame() {
     let server = Server::start("upgrade-together");
     server.register(5, "app", "tok5", 4_000_000_000);
-    let mut stream = TcpStream::connect(("127.0.0.1", server.ws_port)).expect("connect");
-    stream
-        .write_all(upgrade_request(&server, 5).as_bytes())
-        .expect("upgrade request");
+    let mut stream = send_upgrade(&server, 5);
     let got = first_read(&mut stream);
     assert!(got.starts_with("HTTP/1.1 101 "), "{got}");
     assert!(
@@ -45,11 +48,8 @@ fn the_first_read_holds_the_101_and_the_login_frame() {
 #[test]
 fn a_refused_login_comes_with_its_101_too() {
     let server = Server::start("upgrade-refused");
-    let mut stream = TcpStream::connect(("127.0.0.1", server.ws_port)).expect("connect");
     // No token was registered for uid 6.
-    stream
-        .write_all(upgrade_request(&server, 6).as_bytes())
-        .expect("upgrade request");
+    let mut stream = send_upgrade(&server, 6);
     let got = first_read(&mut stream);
     assert!(got.starts_with("HTTP/1.1 101 "), "{got}");
     assert!(got.contains(r#""code":401"#), "{got}");
@@ -64,10 +64,7 @@ fn a_slow_login_check_does_not_hold_the_handshake() {
     for pid in &workers {
         send_signal(*pid, Signal::SIGSTOP);
     }
-    let mut stream = TcpStream::connect(("127.0.0.1", server.ws_port)).expect("connect");
-    stream
-        .write_all(upgrade_request(&server, 7).as_bytes())
-        .expect("upgrade request");
+    let mut stream = send_upgrade(&server, 7);
     let got = first_read(&mut stream);
     for pid in &workers {
         send_signal(*pid, Signal::SIGCONT);

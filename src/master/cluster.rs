@@ -7,7 +7,7 @@
 use super::outbuf::text_frame;
 use super::pool::Origin;
 use super::registry::ConnId;
-use super::routing::PushOutcome;
+use super::routing::{delivered_body, PushOutcome};
 use super::subscriber::Subscriber;
 use super::Master;
 use crate::config::Config;
@@ -508,11 +508,7 @@ impl Master {
                 super::http::error_body(503, "cannot route: redis is down"),
             )
         } else {
-            let mut b = json!({"code": 0, "msg": "ok", "delivered": p.delivered, "onLine": u8::from(p.delivered > 0)});
-            if let Some(id) = p.id {
-                b["id"] = id.to_string().into();
-            }
-            (200, b.to_string())
+            (200, delivered_body(p.id, p.delivered))
         };
         self.send_push_reply(p.to, status, &body);
     }

@@ -54,6 +54,22 @@ fn undelivered_record(uid: Uid, payload: &[u8]) -> Option<MessageRecord> {
     })
 }
 
+/// `{"code":0,"msg":"ok","id":..,"delivered":N,"onLine":0|1}` (no `id` for a kick), written
+/// directly: it answers every push, here or once other nodes have answered.
+pub fn delivered_body(id: Option<u64>, delivered: usize) -> String {
+    let mut body = String::with_capacity(80);
+    body.push_str("{\"code\":0,\"msg\":\"ok\"");
+    if let Some(id) = id {
+        let _ = write!(body, ",\"id\":\"{id}\"");
+    }
+    let _ = write!(
+        body,
+        ",\"delivered\":{delivered},\"onLine\":{}}}",
+        u8::from(delivered > 0)
+    );
+    body
+}
+
 impl PushOutcome {
     /// For the HTTP door: Some((status, body)) now, or None when answered later.
     pub fn into_answer(self) -> Option<(u16, String)> {
@@ -63,20 +79,12 @@ impl PushOutcome {
         }
     }
 
-    /// `{"code":0,"msg":"ok","id":..,"delivered":N,"onLine":0|1}`, written directly: it
-    /// answers every push.
+    /// A push carried out here: see `delivered_body`.
     pub fn delivered(id: Option<u64>, delivered: usize) -> PushOutcome {
-        let mut body = String::with_capacity(80);
-        body.push_str("{\"code\":0,\"msg\":\"ok\"");
-        if let Some(id) = id {
-            let _ = write!(body, ",\"id\":\"{id}\"");
+        PushOutcome::Now {
+            status: 200,
+            body: delivered_body(id, delivered),
         }
-        let _ = write!(
-            body,
-            ",\"delivered\":{delivered},\"onLine\":{}}}",
-            u8::from(delivered > 0)
-        );
-        PushOutcome::Now { status: 200, body }
     }
 
     fn ok(extra: Value) -> PushOutcome {
@@ -357,7 +365,7 @@ impl Master {
                 if clustered {
                     return self.route_kick(to, uid, kicked);
                 }
-                PushOutcome::ok(json!({"delivered": kicked, "onLine": u8::from(kicked > 0)}))
+                PushOutcome::delivered(None, kicked)
             }
         }
     }
@@ -367,7 +375,7 @@ impl Master {
     /// have it while the last are reached, and each (cold) session is touched once.
     pub(super) fn deliver_to_all(&mut self, frame: &SharedFrame, now: Instant) -> usize {
         let mut delivered = 0;
-        let mut unflushed = Vec::new();
+        let mut to_drop = Vec::new();
         for (id, s) in self.sessions.iter_mut() {
             if !matches!(s.phase, Phase::Open { .. }) || !queue_frame(s, frame, &self.limits, now) {
                 continue;
@@ -377,14 +385,14 @@ impl Master {
             if s.queued_for_flush {
                 continue;
             }
-            let written = s.flush().is_ok() && s.out.is_empty();
-            if !written || s.is_done() {
-                // The rest waits for writability, or the error is handled by the flush.
-                unflushed.push(*id);
+            // What the socket did not take goes when it is writable again (its event marks
+            // it); a broken or finished session is dropped by the end-of-turn flush.
+            if s.flush().is_err() || s.is_done() {
+                to_drop.push(*id);
             }
         }
         self.stats.frames_out += delivered as u64;
-        for id in unflushed {
+        for id in to_drop {
             self.mark_flush(id);
         }
         delivered
