@@ -2,11 +2,12 @@
 //!
 //! - `token`: decoding a client's `access_token` (both layouts);
 //! - `client_frame`: parsing a chat frame and a `ping` from a client;
-//! - `frame_encode`: encoding one outgoing WebSocket text frame, building a recipient's chat
-//!   JSON (`MessageRecord::to_frame_json`);
-//! - `fanout_1000`: one message queued to 1,000 connections, encoded once and shared (`Rc`)
-//!   versus encoded again for every recipient;
-//! - `ipc`: the master <-> worker task codec (encode, and decode through `FrameReader`);
+//! - `frame_encode`: writing one outgoing WebSocket text frame: a recipient's chat message
+//!   (`frames::message`, straight into its framing) and a push's stamped `data`;
+//! - `fanout_1000`: one message queued to 1,000 connections, encoded once and shared
+//!   (`Bytes`) versus encoded again for every recipient;
+//! - `ipc`: the master <-> worker task codec (encode, and decode through `FrameReader`), for a
+//!   login and a batch of 100 messages to keep;
 //! - `registry`: the uid -> connections table holding 20,000 users;
 //! - `ids`: message id generation.
 //!
@@ -22,10 +23,13 @@ use std::io::Cursor;
 use std::time::{Duration, Instant};
 use wspush::config::TokenLayout;
 use wspush::ids::IdGenerator;
-use wspush::ipc::{self, FrameReader, Task, ToWorker};
-use wspush::master::outbuf::{text_frame, OutQueue};
+use wspush::ipc::{self, FrameReader, Task, TaskId, ToWorker};
 use wspush::master::registry::Registry;
-use wspush::protocol::{self, ClientRequest, Credentials, MessageRecord};
+use wspush::master::ws::{OutQueue, Outgoing};
+use wspush::model::{ConnId, Credentials, Delivery, MessageId, Source, StoredMessage, Uid};
+use wspush::protocol::client::{parse_client_frame, ClientRequest};
+use wspush::protocol::frames;
+use wspush::protocol::{self, push::parse_push};
 
 /// A benchmark group with the short sampling every group here uses.
 fn short_group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
@@ -37,17 +41,24 @@ fn short_group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallT
     group
 }
 
+const CONTENT: &str = r#"{"type":"text","value":"hello"}"#;
+
 /// A chat message as the master stamps it: 19-digit id, 6-digit uids, a text content.
-fn chat_record() -> MessageRecord {
-    MessageRecord {
-        id: 1_234_567_890_123_456_789,
-        uid: 123_456,
-        to_uid: 654_321,
-        kind: "chat".into(),
-        state: 1,
-        content: r#"{"type":"text","value":"hello"}"#.into(),
+fn chat_record(id: u64) -> StoredMessage<'static> {
+    StoredMessage {
+        id: MessageId(1_234_567_890_123_456_789 + id),
+        from: Uid(123_456),
+        to: Uid(654_321),
+        kind: "chat",
+        delivery: Delivery::Delivered,
+        content: CONTENT,
         time: 1_700_000_000,
     }
+}
+
+fn chat_frame() -> bytes::Bytes {
+    let r = chat_record(0);
+    frames::message(r.id, r.kind, r.from, r.to, r.time, 1, r.content).0
 }
 
 fn bench_token(c: &mut Criterion) {
@@ -61,9 +72,9 @@ fn bench_token(c: &mut Criterion) {
             .replace('=', ",")
     };
     let expected = Credentials {
-        uid: 123_456,
+        uid: Uid(123_456),
         token: "fe24NDU2341N".into(),
-        source: "app".into(),
+        source: Source::new("app").expect("source"),
     };
     let cases = [
         (
@@ -96,14 +107,14 @@ fn bench_token(c: &mut Criterion) {
 fn bench_client_frame(c: &mut Criterion) {
     let chat = r#"{"to_uid":"654321","type":"chat","content":{"type":"text","value":"hello"}}"#;
     assert!(matches!(
-        protocol::parse_client_frame(chat),
+        parse_client_frame(chat),
         Ok(ClientRequest::Chat {
-            to_uid: 654_321,
+            to: Uid(654_321),
             ..
         })
     ));
     assert!(matches!(
-        protocol::parse_client_frame("ping"),
+        parse_client_frame("ping"),
         Ok(ClientRequest::Ping)
     ));
 
@@ -113,10 +124,10 @@ fn bench_client_frame(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("parse", name), text, |b, text| {
             b.iter(|| {
                 // The result borrows the input; take what the master would use from it.
-                match protocol::parse_client_frame(black_box(text)) {
-                    Ok(ClientRequest::Chat {
-                        to_uid, content, ..
-                    }) => to_uid ^ content.get().len() as u64,
+                match parse_client_frame(black_box(text)) {
+                    Ok(ClientRequest::Chat { to, content, .. }) => {
+                        to.0 ^ content.get().len() as u64
+                    }
                     Ok(ClientRequest::Ping) => 1,
                     Err(_) => 0,
                 }
@@ -127,49 +138,66 @@ fn bench_client_frame(c: &mut Criterion) {
 }
 
 fn bench_frame_encode(c: &mut Criterion) {
-    let record = chat_record();
-    let json = record.to_frame_json(1);
+    let r = chat_record(0);
+    let json_len = frames::payload(&chat_frame()).len();
+    let push = br#"{"sk":"k","means":"to_uid","data":{"to_uid":"654321","type":"chat","uid":"0","content":{"type":"text","value":"hello"}}}"#;
+    let request = parse_push(push, Some("k"), None).expect("a push");
 
     let mut group = short_group(c, "frame_encode");
-    group.throughput(Throughput::Bytes(json.len() as u64));
-    group.bench_function(BenchmarkId::new("text_frame", json.len()), |b| {
-        b.iter(|| text_frame(black_box(&json)))
+    group.throughput(Throughput::Bytes(json_len as u64));
+    group.bench_function(BenchmarkId::new("chat_message", json_len), |b| {
+        b.iter(|| {
+            frames::message(
+                black_box(r.id),
+                r.kind,
+                r.from,
+                r.to,
+                r.time,
+                1,
+                black_box(r.content),
+            )
+        })
     });
-    group.bench_function("to_frame_json", |b| {
-        b.iter(|| black_box(&record).to_frame_json(black_box(1)))
+    group.bench_function("push_data_stamped", |b| {
+        b.iter(|| request.data.frame(black_box(MessageId(42)), 1_700_000_000))
+    });
+    group.bench_function("parse_push", |b| {
+        b.iter(|| parse_push(black_box(push), Some("k"), None).map(|p| p.data.sender))
     });
     group.finish();
 }
 
 /// One chat message for a uid with 1,000 connections (or a broadcast to 1,000 users): the
-/// master encodes the frame once and queues the same `Rc` to each; the alternative encodes it
-/// again per recipient. Each iteration also drops what it queued (as a completed write does),
-/// keeping the queues' ring capacity.
+/// master writes the frame once and queues the same buffer to each; the alternative writes it
+/// again per recipient. Each iteration also drops what it queued (as a completed write does).
 fn bench_fanout(c: &mut Criterion) {
     const RECIPIENTS: usize = 1_000;
-    let json = chat_record().to_frame_json(1);
     let mut queues: Vec<OutQueue> = (0..RECIPIENTS).map(|_| OutQueue::default()).collect();
+    let r = chat_record(0);
 
     let mut group = short_group(c, "fanout_1000");
     group.throughput(Throughput::Elements(RECIPIENTS as u64));
     group.bench_function("encode_once_shared", |b| {
         b.iter(|| {
-            let frame = text_frame(black_box(&json));
+            let frame =
+                frames::message(r.id, r.kind, r.from, r.to, r.time, 1, black_box(r.content)).0;
             for q in &mut queues {
-                q.push(frame.clone());
+                q.push(Outgoing::Frame(frame.clone()));
             }
             for q in &mut queues {
-                q.clear_unstarted();
+                q.take_unstarted();
             }
         })
     });
     group.bench_function("encode_per_recipient", |b| {
         b.iter(|| {
             for q in &mut queues {
-                q.push(text_frame(black_box(&json)));
+                let frame =
+                    frames::message(r.id, r.kind, r.from, r.to, r.time, 1, black_box(r.content)).0;
+                q.push(Outgoing::Frame(frame));
             }
             for q in &mut queues {
-                q.clear_unstarted();
+                q.take_unstarted();
             }
         })
     });
@@ -177,53 +205,42 @@ fn bench_fanout(c: &mut Criterion) {
 }
 
 fn bench_ipc(c: &mut Criterion) {
-    let login = ToWorker::Task {
-        id: 42,
-        task: Task::Login(Credentials {
-            uid: 123_456,
-            token: "fe24NDU2341N".into(),
-            source: "app".into(),
-        }),
-    };
-    let records: Vec<MessageRecord> = (0..100)
-        .map(|i| MessageRecord {
-            id: chat_record().id + i,
-            ..chat_record()
-        })
-        .collect();
-    let store = ToWorker::Task {
-        id: 43,
-        task: Task::Store(records),
-    };
+    let login = ipc::encode_task(&Task::Login(Credentials {
+        uid: Uid(123_456),
+        token: "fe24NDU2341N".into(),
+        source: Source::new("app").expect("source"),
+    }))
+    .expect("encodes");
+    let records: Vec<StoredMessage> = (0..100).map(chat_record).collect();
 
     let mut group = short_group(c, "ipc");
-    for (name, msg) in [("login", &login), ("store_100", &store)] {
+    group.bench_function("encode/store_100", |b| {
+        b.iter(|| ipc::encode_task(&Task::Store(black_box(records.clone()))).expect("encodes"))
+    });
+    let store = ipc::encode_task(&Task::Store(records.clone())).expect("encodes");
+    for (name, body) in [("login", &login), ("store_100", &store)] {
         let mut wire = Vec::new();
-        ipc::encode(msg, &mut wire).expect("encodes");
+        let frame = ToWorker::Task {
+            id: TaskId(42),
+            body,
+        };
+        ipc::encode(&frame, &mut wire).expect("encodes");
         group.throughput(Throughput::Bytes(wire.len() as u64));
-
-        // The master reuses one buffer per worker channel.
-        let mut out = Vec::with_capacity(wire.len());
-        group.bench_function(BenchmarkId::new("encode", name), |b| {
-            b.iter(|| {
-                out.clear();
-                ipc::encode(black_box(msg), &mut out).expect("encodes");
-                out.len()
-            })
-        });
-
-        // As the worker's side of a non-blocking channel: one reader kept across reads,
-        // drained until it has no whole frame left (which compacts its buffer).
+        // As the worker reads it: the frame, then the task inside, borrowed in place.
         let mut reader = FrameReader::default();
         group.bench_function(BenchmarkId::new("decode", name), |b| {
             b.iter(|| {
                 reader
                     .fill(&mut Cursor::new(black_box(&wire[..])))
                     .expect("fills");
-                let frame = reader.next_frame::<ToWorker>().expect("decodes");
-                assert!(matches!(frame, Some(ToWorker::Task { .. })));
-                assert!(reader.next_frame::<ToWorker>().expect("ok").is_none());
-                frame
+                let frame = reader.next_frame().expect("reads").expect("a frame");
+                let Ok(ToWorker::Task { body, .. }) = ipc::decode::<ToWorker>(&frame) else {
+                    panic!("a task frame")
+                };
+                match ipc::decode::<Task>(body).expect("decodes") {
+                    Task::Store(batch) => batch.len(),
+                    _ => 1,
+                }
             })
         });
     }
@@ -235,11 +252,15 @@ fn bench_registry(c: &mut Criterion) {
     const FIRST_UID: u64 = 100_000;
     // Every fourth user is also online from a second device (source "pc").
     let two_sources = |uid: u64| uid.is_multiple_of(4);
+    let (app, pc) = (
+        Source::new("app").expect("source"),
+        Source::new("pc").expect("source"),
+    );
     let mut registry = Registry::default();
     for uid in FIRST_UID..FIRST_UID + USERS {
-        registry.register(uid, "app", uid * 2, None);
+        registry.register(Uid(uid), app, ConnId(uid * 2), None);
         if two_sources(uid) {
-            registry.register(uid, "pc", uid * 2 + 1, None);
+            registry.register(Uid(uid), pc, ConnId(uid * 2 + 1), None);
         }
     }
     assert_eq!(registry.online_users(), USERS as usize);
@@ -252,10 +273,14 @@ fn bench_registry(c: &mut Criterion) {
 
     let mut group = short_group(c, "registry_20k");
     group.bench_function("connections_of/hit", |b| {
-        b.iter(|| registry.connections_of(black_box(next_uid())).len())
+        b.iter(|| registry.connections_of(black_box(Uid(next_uid()))).len())
     });
     group.bench_function("connections_of/miss", |b| {
-        b.iter(|| registry.connections_of(black_box(next_uid() + USERS)).len())
+        b.iter(|| {
+            registry
+                .connections_of(black_box(Uid(next_uid() + USERS)))
+                .len()
+        })
     });
     // A new user logging in. Timed in chunks of 1,000, each removed again untimed, so that the
     // table stays at about 20,000 users whatever the iteration count.
@@ -268,11 +293,11 @@ fn bench_registry(c: &mut Criterion) {
                 let uids = FIRST_UID + USERS..FIRST_UID + USERS + chunk;
                 let start = Instant::now();
                 for uid in uids.clone() {
-                    black_box(registry.register(black_box(uid), "app", uid * 2, None));
+                    black_box(registry.register(black_box(Uid(uid)), app, ConnId(uid * 2), None));
                 }
                 total += start.elapsed();
                 for uid in uids {
-                    registry.unregister(uid, "app", uid * 2);
+                    registry.unregister(Uid(uid), app, ConnId(uid * 2));
                 }
                 done += chunk;
             }
@@ -283,15 +308,15 @@ fn bench_registry(c: &mut Criterion) {
     group.bench_function("register/displace", |b| {
         b.iter(|| {
             let uid = next_uid();
-            registry.register(black_box(uid), "app", uid * 2, None)
+            registry.register(black_box(Uid(uid)), app, ConnId(uid * 2), None)
         })
     });
     // A connection closing, then its user coming back.
     group.bench_function("unregister+register", |b| {
         b.iter(|| {
             let uid = next_uid();
-            assert!(registry.unregister(black_box(uid), "app", uid * 2));
-            registry.register(black_box(uid), "app", uid * 2, None)
+            assert!(registry.unregister(black_box(Uid(uid)), app, ConnId(uid * 2)));
+            registry.register(black_box(Uid(uid)), app, ConnId(uid * 2), None)
         })
     });
     group.finish();

@@ -4,6 +4,7 @@
 //! waits for one reply, then sends to another node) sort in the order they were sent, as
 //! far as the nodes' clocks agree.
 
+use crate::model::MessageId;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const EPOCH_US: u64 = 1_704_067_200_000_000;
@@ -27,7 +28,7 @@ impl IdGenerator {
 
     /// Never repeats and never decreases, even if the wall clock steps back or a
     /// microsecond's sequence runs out: it then borrows from the next microsecond.
-    pub fn next_id(&mut self) -> u64 {
+    pub fn next_id(&mut self) -> MessageId {
         let us = now_us().saturating_sub(EPOCH_US);
         let candidate = (us << TIME_SHIFT) | (self.node << SEQ_BITS);
         let id = if candidate > self.last {
@@ -39,7 +40,7 @@ impl IdGenerator {
             (((self.last >> TIME_SHIFT) + 1) << TIME_SHIFT) | (self.node << SEQ_BITS)
         };
         self.last = id;
-        id
+        MessageId(id)
     }
 }
 
@@ -64,7 +65,7 @@ mod tests {
         let mut g = IdGenerator::new(3);
         let mut prev = 0;
         for _ in 0..100_000 {
-            let id = g.next_id();
+            let id = g.next_id().0;
             assert!(id > prev);
             assert_eq!((id >> SEQ_BITS) & ((1 << NODE_BITS) - 1), 3);
             assert!(id < 1 << 63, "fits a signed 64-bit column");
@@ -87,7 +88,7 @@ mod tests {
     fn nodes_never_collide() {
         let mut a = IdGenerator::new(1);
         let mut b = IdGenerator::new(2);
-        let xs: std::collections::HashSet<u64> = (0..10_000).map(|_| a.next_id()).collect();
-        assert!((0..10_000).all(|_| !xs.contains(&b.next_id())));
+        let xs: std::collections::HashSet<u64> = (0..10_000).map(|_| a.next_id().0).collect();
+        assert!((0..10_000).all(|_| !xs.contains(&b.next_id().0)));
     }
 }

@@ -1,8 +1,17 @@
-//! Master <-> task worker channel: frames of a u32 little-endian length then a JSON body.
-//! The declared length is checked against `MAX_FRAME` before anything is allocated.
+//! The channel between the master and its child processes (task workers, the cluster
+//! subscriber): frames of a u32 little-endian length, then a postcard body. Binary, so that a
+//! message's content travels as its own bytes (never escaped inside JSON), and a worker reads
+//! it borrowed from its frame. The declared length is checked against `MAX_FRAME` before
+//! anything is allocated. This module knows the vocabulary of tasks and answers; the records
+//! they carry are `model`'s.
 
 use crate::config::Config;
-use crate::protocol::{Credentials, MessageRecord, Uid};
+use crate::model::{
+    ConnId, Credentials, MessageId, PresenceChange, Source, StoredMessage, TokenRecord, Uid,
+};
+use crate::protocol::uid_from_raw;
+use bytes::{Bytes, BytesMut};
+use postcard::ser_flavors::Flavor;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::{self, Read};
@@ -10,37 +19,47 @@ use std::io::{self, Read};
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 const LEN_BYTES: usize = 4;
 
-pub type TaskId = u64;
+/// A task's number, unique for the master's lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskId(pub u64);
 
-/// What the master sends a worker. The first frame on a new channel is always `Config`.
+/// What the master sends a child. The first frame on a new channel is always `Config`.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum ToWorker {
+pub enum ToWorker<'a> {
     Config(Box<Config>),
-    Task { id: TaskId, task: Task },
+    /// A task, encoded once by the master (`encode_task`) and carried here as bytes.
+    Task {
+        id: TaskId,
+        #[serde(borrow)]
+        body: &'a [u8],
+    },
     ReopenLog,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Task {
-    /// Check a login and collect the messages stored for that uid while it was away.
+/// A unit of work for a task worker. Borrowed: the master encodes it from its own records, a
+/// worker decodes it in place from the frame it read.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Task<'a> {
+    /// Check a login and take the messages kept for that uid while it was away.
     Login(Credentials),
     SaveToken(TokenRecord),
-    Store(Vec<MessageRecord>),
-    /// Messages taken for a recipient who left before they were sent: undelivered again.
-    Requeue(Vec<u64>),
-    /// Takes the messages stored for a uid and not yet delivered (answered with `LoginOk`).
+    Store(#[serde(borrow)] Vec<StoredMessage<'a>>),
+    /// Messages taken for a recipient who did not get them: undelivered again.
+    Requeue(Vec<MessageId>),
+    /// Take the messages kept for a uid and not yet delivered (answered with `Pending`).
     FetchPending(Uid),
     /// Cluster: connections that came and went on this node, for the Redis presence hashes.
     Presence(Vec<PresenceChange>),
-    /// Cluster: publish `payload` to every live node holding `uid` (this one only if
-    /// `include_self`); answered with `Routed`.
+    /// Cluster: publish to every live node holding `uid` (this one only if `include_self`);
+    /// answered with `Routed`.
     Route {
         uid: Uid,
-        payload: String,
         include_self: bool,
+        #[serde(borrow)]
+        message: ClusterMessage<'a>,
     },
-    /// Cluster: publish `payload` to every node.
-    Broadcast(String),
+    /// Cluster: publish to every node.
+    Broadcast(#[serde(borrow)] ClusterMessage<'a>),
     /// Cluster: the sources `uid` is online with on other live nodes; answered with `Sources`.
     Online(Uid),
     /// Cluster: this node is alive (and its node id is its own); purge nodes that are not.
@@ -52,67 +71,246 @@ pub enum Task {
     Resync(Vec<PresenceChange>),
 }
 
-/// A connection registered (online) or gone (offline) on this node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PresenceChange {
-    pub uid: Uid,
-    pub source: String,
-    pub fd: u64,
-    pub online: bool,
-    pub time: u64,
-    pub device: Option<String>,
+/// What one node tells another through Redis. On the Redis wire it is JSON (`to_json`), with
+/// the frame embedded as raw JSON, so that applications and Lua scripts can read it too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClusterMessage<'a> {
+    /// Deliver this frame's JSON to every connection of `uid` on the receiving node; `meta`
+    /// lets that node keep it if the connection cannot take it.
+    Deliver {
+        uid: Uid,
+        #[serde(borrow)]
+        meta: MessageMeta<'a>,
+        #[serde(borrow)]
+        frame: &'a [u8],
+    },
+    /// Deliver to every connection of the receiving node, unless it is `origin` itself.
+    Broadcast {
+        #[serde(borrow)]
+        origin: &'a str,
+        #[serde(borrow)]
+        frame: &'a [u8],
+    },
+    Kick {
+        uid: Uid,
+    },
+    /// A message was kept for `uid` while it was logging in: take it now.
+    Fetch {
+        uid: Uid,
+    },
+    /// `uid` logged in with `source` on another node: close this node's connection `conn`.
+    Displace {
+        uid: Uid,
+        source: Source,
+        conn: ConnId,
+        same_device: bool,
+    },
 }
 
-/// The most stored messages handed over at once; the rest follow in further batches.
+/// What a node needs, beside the frame, to keep a relayed message: `content` is the place of
+/// the content's raw JSON in the frame's JSON text (offset, length).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageMeta<'a> {
+    pub id: MessageId,
+    pub from: Uid,
+    pub time: u64,
+    #[serde(borrow)]
+    pub kind: std::borrow::Cow<'a, str>,
+    pub content: Option<(u32, u32)>,
+}
+
+/// The JSON form of a `ClusterMessage` (what the Lua scripts publish too), as read.
+#[derive(Deserialize)]
+struct ClusterWire<'a> {
+    t: &'a str,
+    /// A string of digits (or a number, from a script).
+    #[serde(default, borrow)]
+    uid: Option<&'a serde_json::value::RawValue>,
+    #[serde(default, borrow)]
+    frame: Option<&'a serde_json::value::RawValue>,
+    #[serde(default, borrow)]
+    origin: Option<&'a str>,
+    #[serde(default)]
+    source: Option<Source>,
+    #[serde(default, borrow)]
+    fd: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    same_device: Option<bool>,
+    #[serde(default, borrow)]
+    meta: Option<MessageMeta<'a>>,
+}
+
+/// A cluster message that could not be read.
+#[derive(Debug)]
+pub struct BadClusterMessage(pub String);
+
+impl<'a> ClusterMessage<'a> {
+    /// The JSON published to Redis. The frame's bytes are copied in as they are: they are
+    /// JSON already.
+    pub fn to_json(&self) -> Vec<u8> {
+        let (t, uid, frame, origin) = match self {
+            ClusterMessage::Deliver { uid, meta, frame } => {
+                let mut out = Vec::with_capacity(160 + frame.len());
+                out.extend_from_slice(b"{\"t\":\"deliver\",\"uid\":\"");
+                out.extend_from_slice(itoa::Buffer::new().format(uid.0).as_bytes());
+                out.extend_from_slice(b"\",\"meta\":");
+                // A struct of numbers and one string: writing it cannot fail.
+                let _ = serde_json::to_writer(&mut out, meta);
+                out.extend_from_slice(b",\"frame\":");
+                out.extend_from_slice(frame);
+                out.push(b'}');
+                return out;
+            }
+            ClusterMessage::Broadcast { origin, frame } => {
+                ("broadcast", None, Some(*frame), Some(*origin))
+            }
+            ClusterMessage::Kick { uid } => ("kick", Some(*uid), None, None),
+            ClusterMessage::Fetch { uid } => ("fetch", Some(*uid), None, None),
+            ClusterMessage::Displace {
+                uid,
+                source,
+                conn,
+                same_device,
+            } => {
+                // As the login script of another node publishes it.
+                return format!(
+                    r#"{{"t":"displace","uid":"{uid}","source":"{source}","fd":{conn},"same_device":{same_device}}}"#
+                )
+                .into_bytes();
+            }
+        };
+        let mut out = Vec::with_capacity(48 + frame.map_or(0, <[u8]>::len));
+        out.extend_from_slice(b"{\"t\":\"");
+        out.extend_from_slice(t.as_bytes());
+        out.push(b'"');
+        if let Some(uid) = uid {
+            out.extend_from_slice(b",\"uid\":\"");
+            out.extend_from_slice(itoa::Buffer::new().format(uid.0).as_bytes());
+            out.push(b'"');
+        }
+        if let Some(origin) = origin {
+            out.extend_from_slice(b",\"origin\":");
+            // Node names are `ip:port`; written as a JSON string all the same.
+            let _ = serde_json::to_writer(&mut out, origin);
+        }
+        if let Some(frame) = frame {
+            out.extend_from_slice(b",\"frame\":");
+            out.extend_from_slice(frame);
+        }
+        out.push(b'}');
+        out
+    }
+
+    /// Reads what another node (or a Lua script) published.
+    pub fn from_json(bytes: &'a [u8]) -> Result<ClusterMessage<'a>, BadClusterMessage> {
+        let bad = |why: &str| BadClusterMessage(why.to_owned());
+        let w: ClusterWire<'a> =
+            serde_json::from_slice(bytes).map_err(|e| BadClusterMessage(e.to_string()))?;
+        let uid = || w.uid.and_then(uid_from_raw).ok_or_else(|| bad("no uid"));
+        let frame = || {
+            w.frame
+                .map(|f| f.get().as_bytes())
+                .ok_or_else(|| bad("no frame"))
+        };
+        Ok(match w.t {
+            "deliver" => ClusterMessage::Deliver {
+                uid: uid()?,
+                meta: w.meta.ok_or_else(|| bad("no meta"))?,
+                frame: frame()?,
+            },
+            "broadcast" => ClusterMessage::Broadcast {
+                origin: w.origin.ok_or_else(|| bad("no origin"))?,
+                frame: frame()?,
+            },
+            "kick" => ClusterMessage::Kick { uid: uid()? },
+            "fetch" => ClusterMessage::Fetch { uid: uid()? },
+            "displace" => ClusterMessage::Displace {
+                uid: uid()?,
+                source: w.source.ok_or_else(|| bad("no source"))?,
+                conn: w
+                    .fd
+                    .and_then(uid_from_raw)
+                    .map(|n| ConnId(n.0))
+                    .ok_or_else(|| bad("no fd"))?,
+                same_device: w.same_device.unwrap_or(false),
+            },
+            other => return Err(BadClusterMessage(format!("unknown type `{other}`"))),
+        })
+    }
+}
+
+/// The most kept messages handed over at once; the rest follow in further batches.
 pub const PENDING_PER_LOGIN: usize = 1000;
 
-/// One login record, as the application's login server writes it.
+/// A kept message on its way to its recipient, as a whole WebSocket frame (built by the
+/// worker that read it, so that the master only queues it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenRecord {
-    pub uid: Uid,
-    pub source: String,
-    pub token: String,
-    pub expires: u64,
+pub struct PendingFrame {
+    pub id: MessageId,
+    pub frame: Vec<u8>,
+}
+
+/// Why a login was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoginRefusal {
+    /// No record for this uid and source, or another token.
+    Unauthorized,
+    Expired,
+}
+
+/// Why a task did not do its work. The doors turn each into an HTTP status or a close code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskFailure {
+    /// The store (SQLite, Redis or MySQL) could not be reached or did not answer in time.
+    StoreUnavailable,
+    /// The store refused the request itself; retrying the same request will not help.
+    StoreRefused,
+    /// Another live node holds this node's `node_id`.
+    NodeIdInUse { node_id: u16, holder: String },
+    /// A cluster task reached a worker with no Redis configured.
+    NotClustered,
+    /// The task's deadline passed before it was answered.
+    TimedOut,
+    /// Its worker died on every attempt.
+    WorkerLost,
+    /// The task could not be encoded (over the channel's frame cap).
+    TooLarge,
+}
+
+impl fmt::Display for TaskFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskFailure::StoreUnavailable => f.write_str("store unavailable"),
+            TaskFailure::StoreRefused => f.write_str("store refused the request"),
+            TaskFailure::NodeIdInUse { node_id, holder } => write!(
+                f,
+                "node_id {node_id} is in use by the live node {holder}: give each node its own server.node_id"
+            ),
+            TaskFailure::NotClustered => f.write_str("a cluster task, but Redis is not configured"),
+            TaskFailure::TimedOut => f.write_str("task timed out"),
+            TaskFailure::WorkerLost => f.write_str("its task worker died on every attempt"),
+            TaskFailure::TooLarge => f.write_str("task too large for the channel"),
+        }
+    }
 }
 
 /// What a worker answers.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ToMaster {
-    Ready {
-        pid: u32,
-    },
-    /// The worker cannot serve (for example its store will not open); it exits after this.
-    Fatal {
-        message: String,
-    },
-    Done {
-        id: TaskId,
-        reply: Reply,
-    },
-    /// From the cluster subscriber: a message published to this node (or to all).
-    Cluster(String),
-    /// From the cluster subscriber: the subscription was lost (Redis is away); it retries.
-    Unsubscribed,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
-    /// The login is good (or, for `FetchPending`, the fetch is done). `pending` were taken
-    /// from the store (marked delivered); `store_down` says the message store could not be
-    /// read, so stored messages may still wait.
-    LoginOk {
-        pending: Vec<MessageRecord>,
+    /// The login is good (or, for `FetchPending`, the fetch is done). `frames` were taken from
+    /// the store (marked delivered); `store_down` says the message store could not be read, so
+    /// kept messages may still wait.
+    Pending {
+        frames: Vec<PendingFrame>,
         store_down: bool,
     },
-    LoginRefused {
-        code: u16,
-        message: String,
-    },
+    Refused(LoginRefusal),
     Ok,
-    Failed {
-        code: u16,
-        message: String,
+    /// A `Store` that the store refused for some rows only: the others were kept.
+    PartlyStored {
+        refused: u32,
     },
+    Failed(TaskFailure),
     /// How many nodes a `Route` reached.
     Routed {
         nodes: u32,
@@ -120,12 +318,32 @@ pub enum Reply {
     Sources(Vec<String>),
 }
 
+/// What a child sends the master.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToMaster<'a> {
+    Ready {
+        pid: u32,
+    },
+    /// The child cannot serve (for example its store will not open); it exits after this.
+    Fatal {
+        message: String,
+    },
+    Done {
+        id: TaskId,
+        reply: Reply,
+    },
+    /// From the cluster subscriber: a message published to this node (or to all), as JSON.
+    Cluster(#[serde(borrow)] &'a [u8]),
+    /// From the cluster subscriber: the subscription was lost (Redis is away); it retries.
+    Unsubscribed,
+}
+
 #[derive(Debug)]
 pub enum IpcError {
     Io(io::Error),
     TooLarge(usize),
-    Decode(serde_json::Error),
-    Encode(serde_json::Error),
+    Decode(postcard::Error),
+    Encode(postcard::Error),
 }
 
 impl fmt::Display for IpcError {
@@ -147,11 +365,32 @@ impl From<io::Error> for IpcError {
     }
 }
 
+/// Appends postcard output to a Vec the caller keeps (postcard's own flavors take theirs).
+struct AppendTo<'a>(&'a mut Vec<u8>);
+
+impl Flavor for AppendTo<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
 /// Appends one frame to `out`. On error `out` is left as it was.
 pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), IpcError> {
     let start = out.len();
     out.extend_from_slice(&[0; LEN_BYTES]);
-    if let Err(e) = serde_json::to_writer(&mut *out, msg) {
+    if let Err(e) = postcard::serialize_with_flavor::<T, _, _>(msg, AppendTo(out)) {
         out.truncate(start);
         return Err(IpcError::Encode(e));
     }
@@ -164,11 +403,29 @@ pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), IpcError> 
     Ok(())
 }
 
-/// Accumulates bytes from a non-blocking channel and yields whole frames.
+/// A task's body, encoded once; the pool keeps it (not the records it came from) until the
+/// task is answered, and sends the same bytes again if its worker dies.
+pub fn encode_task(task: &Task<'_>) -> Result<Bytes, IpcError> {
+    let mut body = Vec::new();
+    postcard::serialize_with_flavor::<_, _, _>(task, AppendTo(&mut body))
+        .map_err(IpcError::Encode)?;
+    if body.len() > MAX_FRAME - 64 {
+        return Err(IpcError::TooLarge(body.len()));
+    }
+    Ok(Bytes::from(body))
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, IpcError> {
+    postcard::from_bytes(body).map_err(IpcError::Decode)
+}
+
+/// Accumulates bytes from a non-blocking channel and yields whole frames' bodies, which the
+/// caller decodes (borrowed) when it is ready for them.
 #[derive(Default)]
 pub struct FrameReader {
-    buf: Vec<u8>,
-    start: usize,
+    buf: BytesMut,
+    /// Kept for the channel's life: `Read` needs initialised memory, and zeroing a fresh
+    /// 64 KiB for every read cost more than decoding a small answer.
     scratch: Vec<u8>,
 }
 
@@ -178,10 +435,8 @@ const READ_CHUNK: usize = 64 * 1024;
 impl FrameReader {
     /// Reads what the channel holds now. Ok(false) on end of file.
     pub fn fill(&mut self, src: &mut impl Read) -> Result<bool, IpcError> {
-        // One scratch buffer per channel, kept: zeroing 64 KiB per call cost more than the
-        // JSON of a small answer.
         if self.scratch.is_empty() {
-            self.scratch = vec![0u8; READ_CHUNK];
+            self.scratch = vec![0; READ_CHUNK];
         }
         loop {
             match src.read(&mut self.scratch) {
@@ -194,109 +449,49 @@ impl FrameReader {
         }
     }
 
-    /// The next whole frame, decoded, if one is buffered.
-    pub fn next_frame<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, IpcError> {
-        let avail = &self.buf[self.start..];
-        if avail.len() < LEN_BYTES {
-            self.compact();
+    /// The next whole frame's body, if one is buffered.
+    pub fn next_frame(&mut self) -> Result<Option<Bytes>, IpcError> {
+        if self.buf.len() < LEN_BYTES {
+            self.shrink_when_idle();
             return Ok(None);
         }
-        let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+        let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
         if len > MAX_FRAME {
             return Err(IpcError::TooLarge(len));
         }
-        if avail.len() < LEN_BYTES + len {
-            self.compact();
+        if self.buf.len() < LEN_BYTES + len {
             return Ok(None);
         }
-        let body = &avail[LEN_BYTES..LEN_BYTES + len];
-        let msg = serde_json::from_slice(body).map_err(IpcError::Decode);
-        self.start += LEN_BYTES + len;
-        msg.map(Some)
+        let _ = self.buf.split_to(LEN_BYTES);
+        Ok(Some(self.buf.split_to(len).freeze()))
     }
 
-    fn compact(&mut self) {
-        if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        if self.buf.is_empty() && self.buf.capacity() > 1024 * 1024 {
-            self.buf = Vec::new();
+    /// A burst can leave a large buffer behind; an idle channel gives it back.
+    fn shrink_when_idle(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
+            self.buf = BytesMut::new();
         }
     }
 }
 
-/// Blocking read of one frame, for the worker side. Ok(None) on a clean end of file.
-pub fn read_frame_blocking<T: for<'de> Deserialize<'de>>(
-    src: &mut impl Read,
-) -> Result<Option<T>, IpcError> {
+/// Blocking read of one frame into `body` (for a child process). Ok(false) on a clean end of
+/// file.
+pub fn read_frame_blocking(src: &mut impl Read, body: &mut Vec<u8>) -> Result<bool, IpcError> {
     let mut len = [0u8; LEN_BYTES];
     match src.read_exact(&mut len) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_FRAME {
         return Err(IpcError::TooLarge(len));
     }
-    let mut body = vec![0u8; len];
-    src.read_exact(&mut body)?;
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(IpcError::Decode)
+    body.clear();
+    body.resize(len, 0);
+    src.read_exact(body)?;
+    Ok(true)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_trip_in_pieces() {
-        let mut wire = Vec::new();
-        for id in 0..3 {
-            encode(
-                &ToMaster::Done {
-                    id,
-                    reply: Reply::Ok,
-                },
-                &mut wire,
-            )
-            .expect("encode");
-        }
-        let mut reader = FrameReader::default();
-        let mut got = Vec::new();
-        for piece in wire.chunks(5) {
-            reader
-                .fill(&mut io::Cursor::new(piece.to_vec()))
-                .expect("fill");
-            while let Some(ToMaster::Done { id, .. }) = reader.next_frame().expect("frame") {
-                got.push(id);
-            }
-        }
-        assert_eq!(got, vec![0, 1, 2]);
-    }
-
-    #[test]
-    fn oversized_length_is_refused_before_allocation() {
-        let mut reader = FrameReader::default();
-        let wire = u32::MAX.to_le_bytes().to_vec();
-        reader
-            .fill(&mut io::Cursor::new(wire.clone()))
-            .expect("fill");
-        assert!(matches!(
-            reader.next_frame::<ToMaster>(),
-            Err(IpcError::TooLarge(_))
-        ));
-        let r = read_frame_blocking::<ToMaster>(&mut io::Cursor::new(wire));
-        assert!(matches!(r, Err(IpcError::TooLarge(_))));
-    }
-
-    #[test]
-    fn garbage_body_is_a_decode_error() {
-        let mut wire = 3u32.to_le_bytes().to_vec();
-        wire.extend_from_slice(b"{{{");
-        let r = read_frame_blocking::<ToMaster>(&mut io::Cursor::new(wire));
-        assert!(matches!(r, Err(IpcError::Decode(_))));
-    }
-}
+mod tests;

@@ -4,7 +4,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use wspush::ids::unix_now;
-use wspush::master::signature::sign;
+use wspush::protocol::signature::sign;
 
 fn push_body(to_uid: u64, text: &str) -> String {
     json!({"means": "to_uid", "data": {"to_uid": to_uid.to_string(), "type": "chat", "content": {"type": "text", "value": text}}})

@@ -1,38 +1,39 @@
 //! New connections per source address: a token bucket each, so that a flood of connections from
 //! one address is refused early (HTTP 429) while other addresses are served as usual.
 
-use super::ws::RateBucket;
+use super::rate::{Rate, RateBucket};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Instant;
 
 pub struct IpLimiter {
-    rate: f64,
-    burst: f64,
+    rate: Rate,
     buckets: HashMap<IpAddr, RateBucket>,
 }
 
 impl IpLimiter {
-    pub fn new(rate: u32, burst: u32) -> IpLimiter {
+    pub fn new(per_second: u32, burst: u32) -> IpLimiter {
         IpLimiter {
-            rate: f64::from(rate),
-            burst: f64::from(burst),
+            rate: Rate {
+                per_second: f64::from(per_second),
+                burst: f64::from(burst),
+            },
             buckets: HashMap::new(),
         }
     }
 
     pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
-        let (rate, burst) = (self.rate, self.burst);
+        let rate = self.rate;
         self.buckets
             .entry(ip)
-            .or_insert_with(|| RateBucket::new(burst, now))
-            .allow(now, rate, burst)
+            .or_insert_with(|| RateBucket::new(rate, now))
+            .allow(now, rate)
     }
 
     /// Forgets addresses whose bucket has refilled: the map holds only recent senders.
     pub fn prune(&mut self, now: Instant) {
-        let (rate, burst) = (self.rate, self.burst);
-        self.buckets.retain(|_, b| !b.is_full(now, rate, burst));
+        let rate = self.rate;
+        self.buckets.retain(|_, b| !b.is_full(now, rate));
     }
 }
 

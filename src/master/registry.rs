@@ -1,14 +1,12 @@
-//! The uid -> connections table of this node. No I/O: the master asks, it answers.
+//! The uid -> connections table of this node. No I/O: the master asks, it answers. A user with
+//! one connection (the common case) takes no allocation of its own.
 
-use crate::protocol::Uid;
+use crate::model::{ConnId, Source, Uid};
 use std::collections::HashMap;
-
-/// A connection id: never reused while the node runs.
-pub type ConnId = u64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    pub source: Box<str>,
+    pub source: Source,
     pub conn: ConnId,
     pub device: Option<Box<str>>,
 }
@@ -20,9 +18,61 @@ pub struct Displaced {
     pub same_device: bool,
 }
 
+/// One user's connections, one per source.
+#[derive(Debug)]
+enum Entries {
+    One(Entry),
+    Many(Vec<Entry>),
+}
+
+impl Entries {
+    fn as_slice(&self) -> &[Entry] {
+        match self {
+            Entries::One(e) => std::slice::from_ref(e),
+            Entries::Many(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Entry] {
+        match self {
+            Entries::One(e) => std::slice::from_mut(e),
+            Entries::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, entry: Entry) {
+        match self {
+            Entries::Many(v) => v.push(entry),
+            Entries::One(_) => {
+                let Entries::One(first) = std::mem::replace(self, Entries::Many(Vec::new())) else {
+                    return;
+                };
+                *self = Entries::Many(vec![first, entry]);
+            }
+        }
+    }
+
+    /// Removes the entry at `pos`; true if none is left. `Many` holds two or more, so it
+    /// always keeps one.
+    fn remove(&mut self, pos: usize) -> bool {
+        match self {
+            Entries::One(_) => true,
+            Entries::Many(v) => {
+                v.swap_remove(pos);
+                if v.len() == 1 {
+                    if let Some(last) = v.pop() {
+                        *self = Entries::One(last);
+                    }
+                }
+                false
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Registry {
-    users: HashMap<Uid, Vec<Entry>>,
+    users: HashMap<Uid, Entries>,
     connections: usize,
 }
 
@@ -31,17 +81,25 @@ impl Registry {
     pub fn register(
         &mut self,
         uid: Uid,
-        source: &str,
+        source: Source,
         conn: ConnId,
         device: Option<&str>,
     ) -> Option<Displaced> {
-        let entries = self.users.entry(uid).or_default();
         let new = Entry {
-            source: source.into(),
+            source,
             conn,
             device: device.map(Into::into),
         };
-        match entries.iter_mut().find(|e| &*e.source == source) {
+        let Some(entries) = self.users.get_mut(&uid) else {
+            self.users.insert(uid, Entries::One(new));
+            self.connections += 1;
+            return None;
+        };
+        match entries
+            .as_mut_slice()
+            .iter_mut()
+            .find(|e| e.source == source)
+        {
             Some(old) => {
                 let same_device = old.device.is_some() && old.device.as_deref() == device;
                 let displaced = Displaced {
@@ -61,21 +119,21 @@ impl Registry {
 
     /// Removes (uid, source) only if it still names `conn`: a late close of a displaced
     /// connection never unregisters its successor. True if something was removed.
-    pub fn unregister(&mut self, uid: Uid, source: &str, conn: ConnId) -> bool {
+    pub fn unregister(&mut self, uid: Uid, source: Source, conn: ConnId) -> bool {
         let Some(entries) = self.users.get_mut(&uid) else {
             return false;
         };
         let Some(pos) = entries
+            .as_slice()
             .iter()
-            .position(|e| &*e.source == source && e.conn == conn)
+            .position(|e| e.source == source && e.conn == conn)
         else {
             return false;
         };
-        entries.swap_remove(pos);
-        self.connections -= 1;
-        if entries.is_empty() {
+        if entries.remove(pos) {
             self.users.remove(&uid);
         }
+        self.connections -= 1;
         true
     }
 
@@ -85,12 +143,7 @@ impl Registry {
     }
 
     pub fn connections_of(&self, uid: Uid) -> &[Entry] {
-        self.users.get(&uid).map_or(&[], Vec::as_slice)
-    }
-
-    /// The connection ids of `uid`, owned: the caller may change the registry while using them.
-    pub fn conn_ids(&self, uid: Uid) -> Vec<ConnId> {
-        self.connections_of(uid).iter().map(|e| e.conn).collect()
+        self.users.get(&uid).map_or(&[], Entries::as_slice)
     }
 
     pub fn is_online(&self, uid: Uid) -> bool {
@@ -114,60 +167,76 @@ impl Registry {
 mod tests {
     use super::*;
 
+    fn src(s: &str) -> Source {
+        Source::new(s).expect("a source")
+    }
+
+    fn conns(r: &Registry, uid: u64) -> Vec<u64> {
+        let mut c: Vec<u64> = r
+            .connections_of(Uid(uid))
+            .iter()
+            .map(|e| e.conn.0)
+            .collect();
+        c.sort_unstable();
+        c
+    }
+
     #[test]
     fn sources_coexist_and_same_source_displaces() {
         let mut r = Registry::default();
-        assert_eq!(r.register(1, "app", 10, None), None);
-        assert_eq!(r.register(1, "pc", 11, None), None);
-        assert_eq!(r.connections_of(1).len(), 2);
+        assert_eq!(r.register(Uid(1), src("app"), ConnId(10), None), None);
+        assert_eq!(r.register(Uid(1), src("pc"), ConnId(11), None), None);
+        assert_eq!(conns(&r, 1), vec![10, 11]);
         assert_eq!(
-            r.register(1, "app", 12, None),
+            r.register(Uid(1), src("app"), ConnId(12), None),
             Some(Displaced {
-                conn: 10,
+                conn: ConnId(10),
                 same_device: false
             })
         );
         assert_eq!(r.registered_connections(), 2);
-        let conns: Vec<_> = r.connections_of(1).iter().map(|e| e.conn).collect();
-        assert!(conns.contains(&12) && conns.contains(&11));
+        assert_eq!(conns(&r, 1), vec![11, 12]);
+        assert!(r.unregister(Uid(1), src("pc"), ConnId(11)));
+        assert_eq!(conns(&r, 1), vec![12]);
+        assert!(r.unregister(Uid(1), src("app"), ConnId(12)));
+        assert!(!r.is_online(Uid(1)));
     }
 
     #[test]
     fn same_device_is_recognised() {
         let mut r = Registry::default();
-        r.register(1, "app", 10, Some("d1"));
-        assert_eq!(
-            r.register(1, "app", 11, Some("d1")),
-            Some(Displaced {
-                conn: 10,
-                same_device: true
-            })
-        );
-        assert_eq!(
-            r.register(1, "app", 12, Some("d2")),
-            Some(Displaced {
-                conn: 11,
-                same_device: false
-            })
-        );
-        assert_eq!(
-            r.register(1, "app", 13, None),
-            Some(Displaced {
-                conn: 12,
-                same_device: false
-            })
-        );
+        r.register(Uid(1), src("app"), ConnId(10), Some("d1"));
+        let displaced = |r: &mut Registry, conn, device| {
+            r.register(Uid(1), src("app"), ConnId(conn), device)
+                .map(|d| (d.conn.0, d.same_device))
+        };
+        assert_eq!(displaced(&mut r, 11, Some("d1")), Some((10, true)));
+        assert_eq!(displaced(&mut r, 12, Some("d2")), Some((11, false)));
+        assert_eq!(displaced(&mut r, 13, None), Some((12, false)));
     }
 
     #[test]
     fn late_close_of_displaced_connection_keeps_successor() {
         let mut r = Registry::default();
-        r.register(1, "app", 10, None);
-        r.register(1, "app", 11, None);
-        assert!(!r.unregister(1, "app", 10));
-        assert_eq!(r.connections_of(1)[0].conn, 11);
-        assert!(r.unregister(1, "app", 11));
-        assert!(!r.is_online(1));
+        r.register(Uid(1), src("app"), ConnId(10), None);
+        r.register(Uid(1), src("app"), ConnId(11), None);
+        assert!(!r.unregister(Uid(1), src("app"), ConnId(10)));
+        assert_eq!(conns(&r, 1), vec![11]);
+        assert!(r.unregister(Uid(1), src("app"), ConnId(11)));
+        assert!(!r.is_online(Uid(1)));
         assert_eq!((r.online_users(), r.registered_connections()), (0, 0));
+    }
+
+    #[test]
+    fn many_sources_shrink_back_to_one() {
+        let mut r = Registry::default();
+        for (i, s) in ["a", "b", "c"].iter().enumerate() {
+            r.register(Uid(5), src(s), ConnId(i as u64), None);
+        }
+        assert!(r.unregister(Uid(5), src("a"), ConnId(0)));
+        assert!(r.unregister(Uid(5), src("c"), ConnId(2)));
+        assert_eq!(conns(&r, 5), vec![1]);
+        assert!(matches!(r.users.get(&Uid(5)), Some(Entries::One(_))));
+        assert_eq!(r.registered_connections(), 1);
     }
 }

@@ -6,8 +6,7 @@
 use super::redis::RedisStore;
 use super::StoreError;
 use crate::config::Config;
-use crate::ipc::PresenceChange;
-use crate::protocol::Uid;
+use crate::model::{PresenceChange, Uid};
 use redis::Script;
 
 pub const CLIENT_INFO: &str = "ws_clientInfo";
@@ -183,21 +182,22 @@ impl ClusterStore {
         let mut pipe = redis::pipe();
         for c in changes {
             let uid = c.uid.to_string();
+            let source = c.source.as_str();
             if c.online {
-                let mut entry = serde_json::json!({"time": c.time, "fd": c.fd, "ip": node.ip, "port": node.port});
+                let mut entry = serde_json::json!({"time": c.time, "fd": c.conn, "ip": node.ip, "port": node.port});
                 if let Some(d) = &c.device {
                     entry["device"] = d.as_str().into();
                 }
-                let fd_entry = serde_json::json!({"uid": uid, "isServer": false, "source": c.source, "time": c.time});
+                let fd_entry = serde_json::json!({"uid": uid, "isServer": false, "source": source, "time": c.time});
                 pipe.cmd("EVAL")
                     .arg(ONLINE)
                     .arg(2)
                     .arg(CLIENT_INFO)
                     .arg(&fd_key)
                     .arg(&uid)
-                    .arg(&c.source)
+                    .arg(source)
                     .arg(entry.to_string())
-                    .arg(c.fd)
+                    .arg(c.conn.0)
                     .arg(fd_entry.to_string())
                     .arg(&node.ip)
                     .arg(&port)
@@ -210,8 +210,8 @@ impl ClusterStore {
                     .arg(CLIENT_INFO)
                     .arg(&fd_key)
                     .arg(&uid)
-                    .arg(&c.source)
-                    .arg(c.fd)
+                    .arg(source)
+                    .arg(c.conn.0)
                     .arg(&node.ip)
                     .arg(&port)
                     .ignore();
@@ -220,10 +220,11 @@ impl ClusterStore {
         self.redis.with(|c| pipe.query::<()>(c))
     }
 
+    /// Publishes `payload` to each live node holding `uid`; returns how many took it.
     pub fn route(
         &mut self,
         uid: Uid,
-        payload: &str,
+        payload: &[u8],
         include_self: bool,
     ) -> Result<u32, StoreError> {
         let script = Script::new(ROUTE);
@@ -238,7 +239,7 @@ impl ClusterStore {
         self.redis.with(|c| call.invoke::<u32>(c))
     }
 
-    pub fn broadcast(&mut self, payload: &str) -> Result<(), StoreError> {
+    pub fn broadcast(&mut self, payload: &[u8]) -> Result<(), StoreError> {
         self.redis.with(|c| {
             redis::cmd("PUBLISH")
                 .arg(BROADCAST_CHANNEL)
@@ -258,7 +259,7 @@ impl ClusterStore {
     }
 
     /// Refreshes this node's heartbeat and node id claim; purges nodes whose heartbeat lapsed.
-    /// Err(Conflict) when another live node holds this node id.
+    /// Err(NodeIdInUse) when another live node holds this node id.
     pub fn heartbeat(&mut self) -> Result<(), StoreError> {
         let me = self.node.id();
         let (ttl, id_key) = (self.ttl, format!("{NODE_ID_PREFIX}{}", self.node_id));
@@ -287,11 +288,11 @@ impl ClusterStore {
                 .map(|(h,)| h)
         })?;
         match holder {
-            Some(h) if h != me => {
-                return Err(StoreError::Query(format!(
-                "node_id {} is in use by the live node {h}: give each node its own server.node_id",
-                self.node_id
-            )))
+            Some(holder) if holder != me => {
+                return Err(StoreError::NodeIdInUse {
+                    node_id: self.node_id,
+                    holder,
+                })
             }
             _ => {
                 self.redis

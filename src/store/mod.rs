@@ -1,6 +1,7 @@
 //! Token and message stores behind one interface each. The embedded implementation (SQLite in
-//! `data_dir`, shared by every task worker process) needs no server; Redis and MySQL
-//! implementations plug in behind the same traits.
+//! `data_dir`, shared by every task worker process) needs no server; Redis (tokens) and MySQL
+//! (messages) plug in behind the same traits, and `cluster` keeps the cluster's shared state
+//! (presence, routing, liveness) in Redis. Stores are used from task workers only.
 //!
 //! Presence has no store of its own on one node: the master's registry is the presence table.
 
@@ -10,21 +11,34 @@ pub mod mysql;
 pub mod redis;
 pub mod sqlite;
 
-use crate::ipc::TokenRecord;
-use crate::protocol::{MessageRecord, Uid};
+use crate::model::{Credentials, MessageId, PendingMessage, StoredMessage, TokenRecord, Uid};
+use crate::secret::same_secret;
 use std::fmt;
 
+/// Why a store call failed, in the terms a caller acts on.
 #[derive(Debug)]
 pub enum StoreError {
+    /// The store cannot be opened at all (bad path, bad URL): the worker cannot serve.
     Open(String),
-    Query(String),
+    /// The store is down, busy or slow: the same call may succeed later.
+    Unavailable(String),
+    /// The store refused this request (a constraint, a value it cannot hold): retrying the same
+    /// request will not help.
+    Refused(String),
+    /// Another live node holds this node's id.
+    NodeIdInUse { node_id: u16, holder: String },
 }
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreError::Open(e) => write!(f, "store cannot open: {e}"),
-            StoreError::Query(e) => write!(f, "store query failed: {e}"),
+            StoreError::Unavailable(e) => write!(f, "store unavailable: {e}"),
+            StoreError::Refused(e) => write!(f, "store refused the request: {e}"),
+            StoreError::NodeIdInUse { node_id, holder } => write!(
+                f,
+                "node_id {node_id} is in use by the live node {holder}: give each node its own server.node_id"
+            ),
         }
     }
 }
@@ -41,20 +55,14 @@ pub enum TokenVerdict {
 }
 
 pub trait TokenStore {
-    fn check(
-        &mut self,
-        uid: Uid,
-        source: &str,
-        token: &str,
-        now: u64,
-    ) -> Result<TokenVerdict, StoreError>;
+    fn check(&mut self, login: &Credentials, now: u64) -> Result<TokenVerdict, StoreError>;
     fn save(&mut self, record: &TokenRecord) -> Result<(), StoreError>;
 }
 
 pub trait MessageStore {
     /// Stores a batch in one transaction. A message already stored (same id) is left as it is,
     /// so that a batch retried after a worker died is harmless.
-    fn insert(&mut self, messages: &[MessageRecord]) -> Result<(), StoreError>;
+    fn insert(&mut self, messages: &[StoredMessage<'_>]) -> Result<(), StoreError>;
     /// Takes the messages stored for `uid` and not yet delivered, oldest first, marking them
     /// delivered in the same transaction: two takes never hand out one message twice.
     fn take_pending(
@@ -62,9 +70,9 @@ pub trait MessageStore {
         uid: Uid,
         limit: usize,
         now: u64,
-    ) -> Result<Vec<MessageRecord>, StoreError>;
-    /// Marks taken messages undelivered again (their recipient left before they were sent).
-    fn requeue(&mut self, ids: &[u64], now: u64) -> Result<(), StoreError>;
+    ) -> Result<Vec<PendingMessage>, StoreError>;
+    /// Marks taken messages undelivered again (their recipient did not get them).
+    fn requeue(&mut self, ids: &[MessageId], now: u64) -> Result<(), StoreError>;
 }
 
 /// The verdict on a presented token against the stored one (None: no record).
@@ -75,10 +83,4 @@ pub fn verdict(stored: Option<(&str, u64)>, presented: &str, now: u64) -> TokenV
         Some(_) => TokenVerdict::Valid,
         None => TokenVerdict::Unknown,
     }
-}
-
-/// Compares secrets in time independent of where they first differ.
-pub fn same_secret(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -4,7 +4,7 @@
 
 use super::{MessageStore, StoreError};
 use crate::config::Config;
-use crate::protocol::{MessageRecord, Uid};
+use crate::model::{MessageId, PendingMessage, StoredMessage, Uid};
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder, TxOpts, Value};
 use std::time::Duration;
@@ -30,8 +30,17 @@ pub struct MysqlStore {
     conn: Option<Conn>,
 }
 
+/// A refusal by the server for this statement, or trouble reaching it that may pass.
 fn db_err(e: mysql::Error) -> StoreError {
-    StoreError::Query(format!("mysql: {e}"))
+    // Server errors that are about the server's state, not the statement: too many
+    // connections, lock wait timeout, deadlock, read-only, shutting down.
+    const TRANSIENT: [u16; 6] = [1040, 1205, 1213, 1290, 1053, 1927];
+    match &e {
+        mysql::Error::MySqlError(m) if !TRANSIENT.contains(&m.code) => {
+            StoreError::Refused(format!("mysql: {e}"))
+        }
+        _ => StoreError::Unavailable(format!("mysql: {e}")),
+    }
 }
 
 impl MysqlStore {
@@ -56,7 +65,7 @@ impl MysqlStore {
             self.conn = Some(conn);
         }
         let Some(conn) = self.conn.as_mut() else {
-            return Err(StoreError::Query("mysql: no connection".into()));
+            return Err(StoreError::Unavailable("mysql: no connection".into()));
         };
         let result = f(conn);
         if result.is_err() {
@@ -69,14 +78,14 @@ impl MysqlStore {
 
 fn set_state(
     tx: &mut mysql::Transaction<'_>,
-    ids: &[u64],
+    ids: &[MessageId],
     state: u8,
     now: u64,
 ) -> mysql::Result<()> {
     for chunk in ids.chunks(ROWS_PER_INSERT) {
         let marks = vec!["?"; chunk.len()].join(",");
         let mut params: Vec<Value> = vec![state.into(), now.into()];
-        params.extend(chunk.iter().map(|id| Value::from(*id)));
+        params.extend(chunk.iter().map(|id| Value::from(id.0)));
         tx.exec_drop(
             format!("UPDATE chat SET state = ?, update_time = ? WHERE id IN ({marks})"),
             params,
@@ -86,7 +95,7 @@ fn set_state(
 }
 
 impl MessageStore for MysqlStore {
-    fn insert(&mut self, messages: &[MessageRecord]) -> Result<(), StoreError> {
+    fn insert(&mut self, messages: &[StoredMessage<'_>]) -> Result<(), StoreError> {
         self.with(|conn| {
             let mut tx = conn.start_transaction(TxOpts::default())?;
             for chunk in messages.chunks(ROWS_PER_INSERT) {
@@ -94,12 +103,12 @@ impl MessageStore for MysqlStore {
                 let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 8);
                 for m in chunk {
                     params.extend([
-                        m.id.into(),
-                        m.uid.into(),
-                        m.to_uid.into(),
-                        m.kind.as_str().into(),
-                        m.state.into(),
-                        m.content.as_str().into(),
+                        m.id.0.into(),
+                        m.from.0.into(),
+                        m.to.0.into(),
+                        m.kind.into(),
+                        m.delivery.state().into(),
+                        m.content.into(),
                         m.time.into(),
                         m.time.into(),
                     ]);
@@ -122,41 +131,40 @@ impl MessageStore for MysqlStore {
         uid: Uid,
         limit: usize,
         now: u64,
-    ) -> Result<Vec<MessageRecord>, StoreError> {
+    ) -> Result<Vec<PendingMessage>, StoreError> {
         self.with(|conn| {
             // Most logins have nothing waiting: one indexed read, no transaction, no row locks.
             let any: Option<u8> = conn.exec_first(
                 "SELECT 1 FROM chat WHERE to_uid = ? AND state = 0 LIMIT 1",
-                (uid,),
+                (uid.0,),
             )?;
             if any.is_none() {
                 return Ok(Vec::new());
             }
             let mut tx = conn.start_transaction(TxOpts::default())?;
-            let taken: Vec<MessageRecord> = tx.exec_map(
+            let taken: Vec<PendingMessage> = tx.exec_map(
                 "SELECT id, uid, to_uid, type, content, create_time FROM chat
                  WHERE to_uid = ? AND state = 0 ORDER BY id LIMIT ? FOR UPDATE",
-                (uid, limit as u64),
-                |(id, uid, to_uid, kind, content, time): (u64, u64, u64, String, String, u64)| {
-                    MessageRecord {
-                        id,
-                        uid,
-                        to_uid,
+                (uid.0, limit as u64),
+                |(id, from, to, kind, content, time): (u64, u64, u64, String, String, u64)| {
+                    PendingMessage {
+                        id: MessageId(id),
+                        from: Uid(from),
+                        to: Uid(to),
                         kind,
-                        state: 0,
                         content,
                         time,
                     }
                 },
             )?;
-            let ids: Vec<u64> = taken.iter().map(|m| m.id).collect();
+            let ids: Vec<MessageId> = taken.iter().map(|m| m.id).collect();
             set_state(&mut tx, &ids, 1, now)?;
             tx.commit()?;
             Ok(taken)
         })
     }
 
-    fn requeue(&mut self, ids: &[u64], now: u64) -> Result<(), StoreError> {
+    fn requeue(&mut self, ids: &[MessageId], now: u64) -> Result<(), StoreError> {
         self.with(|conn| {
             let mut tx = conn.start_transaction(TxOpts::default())?;
             set_state(&mut tx, ids, 0, now)?;

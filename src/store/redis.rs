@@ -5,8 +5,7 @@
 use super::login_record;
 use super::{verdict, StoreError, TokenStore, TokenVerdict};
 use crate::config::Config;
-use crate::ipc::TokenRecord;
-use crate::protocol::Uid;
+use crate::model::{Credentials, TokenRecord};
 use redis::{Connection, RedisResult};
 use std::time::Duration;
 
@@ -16,8 +15,18 @@ pub struct RedisStore {
     timeout: Duration,
 }
 
+/// Trouble reaching Redis may pass; an error Redis answered is about the request.
 fn redis_err(e: redis::RedisError) -> StoreError {
-    StoreError::Query(format!("redis: {e}"))
+    if e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+    {
+        StoreError::Unavailable(format!("redis: {e}"))
+    } else {
+        StoreError::Refused(format!("redis: {e}"))
+    }
 }
 
 impl RedisStore {
@@ -64,7 +73,7 @@ impl RedisStore {
             self.conn = Some(conn);
         }
         let Some(conn) = self.conn.as_mut() else {
-            return Err(StoreError::Query("redis: no connection".into()));
+            return Err(StoreError::Unavailable("redis: no connection".into()));
         };
         f(conn).map_err(|e| {
             if e.is_io_error()
@@ -80,13 +89,8 @@ impl RedisStore {
 }
 
 impl TokenStore for RedisStore {
-    fn check(
-        &mut self,
-        uid: Uid,
-        source: &str,
-        token: &str,
-        now: u64,
-    ) -> Result<TokenVerdict, StoreError> {
+    fn check(&mut self, login: &Credentials, now: u64) -> Result<TokenVerdict, StoreError> {
+        let (uid, source, token) = (login.uid, login.source.as_str(), login.token.as_str());
         let raw: Option<Vec<u8>> =
             self.with(|c| redis::cmd("GET").arg(format!("login{uid}")).query(c))?;
         let Some(raw) = raw else {
@@ -100,7 +104,7 @@ impl TokenStore for RedisStore {
             }
         };
         // A record naming another uid is no record for this one.
-        let record = record.filter(|r| r.uid == uid);
+        let record = record.filter(|r| r.uid == uid.0);
         Ok(verdict(
             record.as_ref().map(|r| (r.token.as_str(), r.expires)),
             token,
@@ -124,7 +128,7 @@ impl TokenStore for RedisStore {
                     .as_deref()
                     .and_then(|raw| login_record::parse(raw).ok())
                     .unwrap_or_default();
-                all.insert(r.source.clone(), entry.clone());
+                all.insert(r.source.to_string(), entry.clone());
                 let value = if php {
                     login_record::to_think_serialize(&all)
                 } else {

@@ -1,9 +1,12 @@
 //! The embedded store: one SQLite file in `data_dir`, opened by each task worker (WAL mode, so
 //! readers never wait for the writer). Tokens and messages survive restarts of any process.
+//!
+//! Only undelivered messages are indexed (a partial index on `state = 0`): a backup copy of a
+//! delivered message is appended to the table and touches no index page, where an index on
+//! every row made each commit rewrite one index page per recipient.
 
 use super::{verdict, MessageStore, StoreError, TokenStore, TokenVerdict};
-use crate::ipc::TokenRecord;
-use crate::protocol::{MessageRecord, Uid};
+use crate::model::{Credentials, MessageId, PendingMessage, StoredMessage, TokenRecord, Uid};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::time::Duration;
@@ -29,20 +32,30 @@ CREATE TABLE IF NOT EXISTS chat (
     create_time INTEGER NOT NULL,
     update_time INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS chat_to_uid_state ON chat (to_uid, state);
+CREATE INDEX IF NOT EXISTS chat_undelivered ON chat (to_uid, id) WHERE state = 0;
+DROP INDEX IF EXISTS chat_to_uid_state;
 ";
 
 pub struct SqliteStore {
     db: Connection,
 }
 
+/// Busy, locked or I/O trouble may pass; anything else is about the request itself.
+fn store_err(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::{
+        CannotOpen, DatabaseBusy, DatabaseLocked, DiskFull, OutOfMemory, SystemIoFailure,
+    };
+    match e.sqlite_error_code() {
+        Some(
+            DatabaseBusy | DatabaseLocked | SystemIoFailure | DiskFull | CannotOpen | OutOfMemory,
+        ) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Refused(e.to_string()),
+    }
+}
+
 fn is_busy(e: &rusqlite::Error) -> bool {
     use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
     matches!(e.sqlite_error_code(), Some(DatabaseBusy | DatabaseLocked))
-}
-
-fn query_err(e: rusqlite::Error) -> StoreError {
-    StoreError::Query(e.to_string())
 }
 
 impl SqliteStore {
@@ -76,23 +89,19 @@ impl SqliteStore {
 }
 
 impl TokenStore for SqliteStore {
-    fn check(
-        &mut self,
-        uid: Uid,
-        source: &str,
-        token: &str,
-        now: u64,
-    ) -> Result<TokenVerdict, StoreError> {
+    fn check(&mut self, login: &Credentials, now: u64) -> Result<TokenVerdict, StoreError> {
         let row: Option<(String, i64)> = self
             .db
             .prepare_cached("SELECT token, expires FROM login_token WHERE uid = ?1 AND source = ?2")
-            .map_err(query_err)?
-            .query_row(params![uid as i64, source], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(store_err)?
+            .query_row(params![login.uid.0 as i64, login.source.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()
-            .map_err(query_err)?;
+            .map_err(store_err)?;
         Ok(verdict(
             row.as_ref().map(|(t, e)| (t.as_str(), *e as u64)),
-            token,
+            &login.token,
             now,
         ))
     }
@@ -103,37 +112,42 @@ impl TokenStore for SqliteStore {
                 "INSERT INTO login_token (uid, source, token, expires) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (uid, source) DO UPDATE SET token = excluded.token, expires = excluded.expires",
             )
-            .map_err(query_err)?
-            .execute(params![r.uid as i64, r.source, r.token, r.expires as i64])
-            .map_err(query_err)?;
+            .map_err(store_err)?
+            .execute(params![
+                r.uid.0 as i64,
+                r.source.as_str(),
+                r.token,
+                r.expires as i64
+            ])
+            .map_err(store_err)?;
         Ok(())
     }
 }
 
 impl MessageStore for SqliteStore {
-    fn insert(&mut self, messages: &[MessageRecord]) -> Result<(), StoreError> {
-        let tx = self.db.transaction().map_err(query_err)?;
+    fn insert(&mut self, messages: &[StoredMessage<'_>]) -> Result<(), StoreError> {
+        let tx = self.db.transaction().map_err(store_err)?;
         {
             let mut stmt = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO chat (id, uid, to_uid, type, state, content, create_time, update_time)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
                 )
-                .map_err(query_err)?;
+                .map_err(store_err)?;
             for m in messages {
                 stmt.execute(params![
-                    m.id as i64,
-                    m.uid as i64,
-                    m.to_uid as i64,
+                    m.id.0 as i64,
+                    m.from.0 as i64,
+                    m.to.0 as i64,
                     m.kind,
-                    m.state,
+                    m.delivery.state(),
                     m.content,
                     m.time as i64
                 ])
-                .map_err(query_err)?;
+                .map_err(store_err)?;
             }
         }
-        tx.commit().map_err(query_err)
+        tx.commit().map_err(store_err)
     }
 
     fn take_pending(
@@ -141,65 +155,64 @@ impl MessageStore for SqliteStore {
         uid: Uid,
         limit: usize,
         now: u64,
-    ) -> Result<Vec<MessageRecord>, StoreError> {
+    ) -> Result<Vec<PendingMessage>, StoreError> {
         // Most logins have nothing waiting: a cached read, no transaction, no file lock.
         let any: Option<i64> = self
             .db
             .prepare_cached("SELECT 1 FROM chat WHERE to_uid = ?1 AND state = 0 LIMIT 1")
-            .map_err(query_err)?
-            .query_row(params![uid as i64], |r| r.get(0))
+            .map_err(store_err)?
+            .query_row(params![uid.0 as i64], |r| r.get(0))
             .optional()
-            .map_err(query_err)?;
+            .map_err(store_err)?;
         if any.is_none() {
             return Ok(Vec::new());
         }
-        let tx = self.db.transaction().map_err(query_err)?;
-        let taken: Vec<MessageRecord> = {
+        let tx = self.db.transaction().map_err(store_err)?;
+        let taken: Vec<PendingMessage> = {
             let mut stmt = tx
                 .prepare_cached(
                     "SELECT id, uid, to_uid, type, content, create_time FROM chat
                      WHERE to_uid = ?1 AND state = 0 ORDER BY id LIMIT ?2",
                 )
-                .map_err(query_err)?;
+                .map_err(store_err)?;
             let rows = stmt
-                .query_map(params![uid as i64, limit as i64], |r| {
-                    Ok(MessageRecord {
-                        id: r.get::<_, i64>(0)? as u64,
-                        uid: r.get::<_, i64>(1)? as u64,
-                        to_uid: r.get::<_, i64>(2)? as u64,
+                .query_map(params![uid.0 as i64, limit as i64], |r| {
+                    Ok(PendingMessage {
+                        id: MessageId(r.get::<_, i64>(0)? as u64),
+                        from: Uid(r.get::<_, i64>(1)? as u64),
+                        to: Uid(r.get::<_, i64>(2)? as u64),
                         kind: r.get(3)?,
-                        state: 0,
                         content: r.get(4)?,
                         time: r.get::<_, i64>(5)? as u64,
                     })
                 })
-                .map_err(query_err)?;
-            rows.collect::<Result<_, _>>().map_err(query_err)?
+                .map_err(store_err)?;
+            rows.collect::<Result<_, _>>().map_err(store_err)?
         };
         set_state(&tx, taken.iter().map(|m| m.id), 1, now)?;
-        tx.commit().map_err(query_err)?;
+        tx.commit().map_err(store_err)?;
         Ok(taken)
     }
 
-    fn requeue(&mut self, ids: &[u64], now: u64) -> Result<(), StoreError> {
-        let tx = self.db.transaction().map_err(query_err)?;
+    fn requeue(&mut self, ids: &[MessageId], now: u64) -> Result<(), StoreError> {
+        let tx = self.db.transaction().map_err(store_err)?;
         set_state(&tx, ids.iter().copied(), 0, now)?;
-        tx.commit().map_err(query_err)
+        tx.commit().map_err(store_err)
     }
 }
 
 fn set_state(
     tx: &rusqlite::Transaction<'_>,
-    ids: impl Iterator<Item = u64>,
+    ids: impl Iterator<Item = MessageId>,
     state: u8,
     now: u64,
 ) -> Result<(), StoreError> {
     let mut stmt = tx
         .prepare_cached("UPDATE chat SET state = ?2, update_time = ?3 WHERE id = ?1")
-        .map_err(query_err)?;
+        .map_err(store_err)?;
     for id in ids {
-        stmt.execute(params![id as i64, state, now as i64])
-            .map_err(query_err)?;
+        stmt.execute(params![id.0 as i64, state, now as i64])
+            .map_err(store_err)?;
     }
     Ok(())
 }
@@ -207,6 +220,7 @@ fn set_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Delivery, Source};
 
     fn temp_store() -> (SqliteStore, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!(
@@ -218,30 +232,39 @@ mod tests {
         (SqliteStore::open(&dir).expect("open"), dir)
     }
 
+    fn login(uid: u64, source: &str, token: &str) -> Credentials {
+        Credentials {
+            uid: Uid(uid),
+            source: Source::new(source).expect("source"),
+            token: token.into(),
+        }
+    }
+
     #[test]
     fn tokens_check_and_expire() {
         let (mut s, dir) = temp_store();
         let rec = TokenRecord {
-            uid: 7,
-            source: "app".into(),
+            uid: Uid(7),
+            source: Source::new("app").expect("source"),
             token: "tok".into(),
             expires: 100,
         };
         s.save(&rec).expect("save");
+        let check = |s: &mut SqliteStore, l: Credentials, now| s.check(&l, now).expect("check");
         assert_eq!(
-            s.check(7, "app", "tok", 50).expect("check"),
+            check(&mut s, login(7, "app", "tok"), 50),
             TokenVerdict::Valid
         );
         assert_eq!(
-            s.check(7, "app", "bad", 50).expect("check"),
+            check(&mut s, login(7, "app", "bad"), 50),
             TokenVerdict::Unknown
         );
         assert_eq!(
-            s.check(7, "pc", "tok", 50).expect("check"),
+            check(&mut s, login(7, "pc", "tok"), 50),
             TokenVerdict::Unknown
         );
         assert_eq!(
-            s.check(7, "app", "tok", 101).expect("check"),
+            check(&mut s, login(7, "app", "tok"), 101),
             TokenVerdict::Expired
         );
         s.save(&TokenRecord {
@@ -250,7 +273,7 @@ mod tests {
         })
         .expect("overwrite");
         assert_eq!(
-            s.check(7, "app", "tok", 150).expect("check"),
+            check(&mut s, login(7, "app", "tok"), 150),
             TokenVerdict::Valid
         );
         let _ = std::fs::remove_dir_all(dir);
@@ -259,29 +282,52 @@ mod tests {
     #[test]
     fn pending_in_order_and_idempotent_insert() {
         let (mut s, dir) = temp_store();
-        let msg = |id, state| MessageRecord {
-            id,
-            uid: 1,
-            to_uid: 2,
-            kind: "chat".into(),
-            state,
-            content: "{}".into(),
+        let msg = |id, delivery| StoredMessage {
+            id: MessageId(id),
+            from: Uid(1),
+            to: Uid(2),
+            kind: "chat",
+            delivery,
+            content: "{}",
             time: 5,
         };
-        s.insert(&[msg(3, 0), msg(1, 0), msg(2, 1)])
+        let (undelivered, delivered) = (Delivery::Undelivered, Delivery::Delivered);
+        s.insert(&[msg(3, undelivered), msg(1, undelivered), msg(2, delivered)])
             .expect("insert");
-        s.insert(&[msg(3, 0)]).expect("retry is harmless");
+        s.insert(&[msg(3, undelivered)]).expect("retry is harmless");
         let take = |s: &mut SqliteStore| -> Vec<u64> {
-            s.take_pending(2, 10, 9)
+            s.take_pending(Uid(2), 10, 9)
                 .expect("take")
                 .iter()
-                .map(|m| m.id)
+                .map(|m| m.id.0)
                 .collect()
         };
         assert_eq!(take(&mut s), vec![1, 3]);
         assert!(take(&mut s).is_empty(), "taken once");
-        s.requeue(&[3], 9).expect("requeue");
+        s.requeue(&[MessageId(3)], 9).expect("requeue");
         assert_eq!(take(&mut s), vec![3]);
+        // A backup copy made undelivered again (its recipient was cut off) comes back too.
+        s.requeue(&[MessageId(2)], 9).expect("requeue");
+        assert_eq!(take(&mut s), vec![2]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_old_store_is_migrated_to_the_partial_index() {
+        let (s, dir) = temp_store();
+        s.db.execute_batch("CREATE INDEX chat_to_uid_state ON chat (to_uid, state)")
+            .expect("the old index");
+        drop(s);
+        let s = SqliteStore::open(&dir).expect("reopen");
+        let indexes: Vec<String> = s
+            .db
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'chat'")
+            .expect("query")
+            .query_map([], |r| r.get(0))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("names");
+        assert_eq!(indexes, vec!["chat_undelivered".to_string()]);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -3,7 +3,7 @@
 //! reconnects by itself while Redis is away; a `Ready` frame tells the master it is subscribed.
 
 use super::WorkerError;
-use crate::ipc::{self, IpcError, ToMaster, ToWorker};
+use crate::ipc::{self, IpcError, ToMaster};
 use crate::store::cluster::{NodeName, BROADCAST_CHANNEL};
 use std::io::{self, BufReader, Write};
 use std::time::Duration;
@@ -13,10 +13,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub fn run() -> Result<(), WorkerError> {
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
     let mut input = BufReader::new(io::stdin().lock());
-    let config = match ipc::read_frame_blocking::<ToWorker>(&mut input)? {
-        Some(ToWorker::Config(c)) => c,
-        _ => return Err(WorkerError::NoConfig),
-    };
+    let config = super::read_config(&mut input)?;
     let _ = crate::logging::redirect_to(&config.server.log_file);
     crate::logging::init("subscriber", &config.server.log_level);
     let client = redis::Client::open(config.redis.url.as_str())
@@ -80,7 +77,7 @@ fn subscribe(
     )?;
     loop {
         let msg = pubsub.get_message().map_err(Failure::Redis)?;
-        let payload: String = msg.get_payload().map_err(Failure::Redis)?;
-        send(out, &ToMaster::Cluster(payload))?;
+        // Forwarded as the bytes Redis gave: the master reads them once.
+        send(out, &ToMaster::Cluster(msg.get_payload_bytes()))?;
     }
 }

@@ -268,8 +268,9 @@ impl Server {
         static NONCE: AtomicU64 = AtomicU64::new(0);
         let target = format!("/api/stats?n={}", NONCE.fetch_add(1, Ordering::SeqCst));
         let ts = wspush::ids::unix_now();
-        let sig = wspush::master::signature::sign(SECRET, ts, format!("GET {target}\n").as_bytes())
-            .expect("signed");
+        let sig =
+            wspush::protocol::signature::sign(SECRET, ts, format!("GET {target}\n").as_bytes())
+                .expect("signed");
         let ts = ts.to_string();
         let headers = [
             ("X-Wspush-Timestamp", ts.as_str()),

@@ -8,7 +8,7 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     for layout in [TokenLayout::TokenUidSource, TokenLayout::UidTokenSource] {
         if let Ok(c) = decode_access_token(&text, layout) {
-            assert!(!c.token.is_empty() && !c.source.is_empty());
+            assert!(!c.token.is_empty() && !c.source.as_str().is_empty());
         }
     }
 });

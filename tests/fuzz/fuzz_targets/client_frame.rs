@@ -1,7 +1,7 @@
 //! A text frame from a logged-in client.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use wspush::protocol::parse_client_frame;
+use wspush::protocol::client::parse_client_frame;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {

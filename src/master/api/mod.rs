@@ -1,0 +1,297 @@
+//! The HTTP API door (port 8880): keep-alive connections whose requests, pipelined or not, are
+//! handed over one at a time and answered in order. The table owns accept, read, the request
+//! deadline, queue, flush and the one path by which a connection goes; what a request means is
+//! the master's (`routes`), and it answers through `answer`.
+
+mod demo;
+pub mod routes;
+
+pub use crate::master::token::ApiConnId;
+
+use crate::master::http::{self, json_response, Parsed, Request};
+use crate::master::token::Token;
+use crate::master::ws::{OutQueue, Outgoing};
+use bytes::Bytes;
+use log::warn;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry};
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// How long after the last byte a connection with nothing pending is kept.
+const API_IDLE: Duration = Duration::from_secs(30);
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A request for the master to answer.
+pub struct ApiRequest {
+    pub conn: ApiConnId,
+    pub peer: SocketAddr,
+    pub request: Request,
+}
+
+struct ApiConn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    buf: Vec<u8>,
+    out: OutQueue,
+    /// A request is with the master (or a task worker); the ones behind it wait their turn.
+    waiting: bool,
+    keep_alive: bool,
+    peer_done: bool,
+    last_active: Instant,
+    /// When the first byte of the request being read arrived: a request must be complete
+    /// within `http_request_timeout` of it, however slowly its bytes trickle in.
+    request_started: Option<Instant>,
+    marked: bool,
+}
+
+pub struct ApiDoor {
+    /// None once stopping (the listener is closed).
+    listener: Option<TcpListener>,
+    conns: HashMap<ApiConnId, ApiConn>,
+    next: u64,
+    max_body: usize,
+    request_timeout: Duration,
+    requests: Vec<ApiRequest>,
+    to_flush: Vec<ApiConnId>,
+    scratch: Vec<u8>,
+}
+
+impl ApiDoor {
+    pub fn new(listener: TcpListener, max_body: usize, request_timeout: Duration) -> ApiDoor {
+        ApiDoor {
+            listener: Some(listener),
+            conns: HashMap::new(),
+            next: 1,
+            max_body,
+            request_timeout,
+            requests: Vec::new(),
+            to_flush: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn listener_mut(&mut self) -> Option<&mut TcpListener> {
+        self.listener.as_mut()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn accept(&mut self, reg: &Registry, now: Instant) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            let (mut stream, peer) = match listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn!("accept on the HTTP port failed: {e}");
+                    return;
+                }
+            };
+            let conn = ApiConnId(self.next);
+            self.next += 1;
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if reg
+                .register(&mut stream, Token::Api(conn).into(), interest)
+                .is_err()
+            {
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            self.conns.insert(
+                conn,
+                ApiConn {
+                    stream,
+                    peer,
+                    buf: Vec::new(),
+                    out: Default::default(),
+                    waiting: false,
+                    keep_alive: true,
+                    peer_done: false,
+                    last_active: now,
+                    request_started: None,
+                    marked: false,
+                },
+            );
+        }
+    }
+
+    /// Requests ready for the master, in order.
+    pub fn take_requests(&mut self) -> Vec<ApiRequest> {
+        std::mem::take(&mut self.requests)
+    }
+
+    /// Reads and hands over the next request, unless one is already with the master.
+    pub fn on_event(&mut self, conn: ApiConnId, now: Instant) {
+        if self.scratch.is_empty() {
+            self.scratch = vec![0; READ_CHUNK];
+        }
+        loop {
+            let max = http::MAX_HEAD + self.max_body;
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            let mut drained = c.peer_done;
+            // Read no further than one request ahead of what is being answered: the rest
+            // stays in the kernel (which pushes back on the client) until this is answered.
+            while !drained && c.buf.len() <= max {
+                match c.stream.read(&mut self.scratch) {
+                    Ok(0) => {
+                        c.peer_done = true;
+                        drained = true;
+                    }
+                    Ok(n) => {
+                        c.buf.extend_from_slice(&self.scratch[..n]);
+                        c.last_active = now;
+                        c.request_started.get_or_insert(now);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => drained = true,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        c.peer_done = true;
+                        c.keep_alive = false;
+                        drained = true;
+                    }
+                }
+            }
+            let before = c.buf.len();
+            self.next_request(conn, now);
+            self.mark(conn);
+            let Some(c) = self.conns.get(&conn) else {
+                return;
+            };
+            // Edge-triggered readiness: if we stopped at the bound, nobody will tell us the
+            // socket still holds data, so go on while answering makes room.
+            if drained || c.waiting || !c.keep_alive || c.buf.len() >= before {
+                return;
+            }
+        }
+    }
+
+    /// Parses the next buffered request and hands it over (or answers a malformed one).
+    fn next_request(&mut self, conn: ApiConnId, now: Instant) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.waiting || !c.keep_alive {
+            return;
+        }
+        match http::parse_request(&c.buf, self.max_body) {
+            Parsed::Partial => {}
+            Parsed::Invalid(status, why) => {
+                c.keep_alive = false;
+                c.buf = Vec::new();
+                let body = http::error_body(status, why);
+                c.out
+                    .push(Outgoing::Frame(json_response(status, &body, false).into()));
+            }
+            Parsed::Complete(request, used) => {
+                c.buf.drain(..used);
+                // A pipelined request behind this one starts its clock now.
+                c.request_started = (!c.buf.is_empty()).then_some(now);
+                c.keep_alive = request.keep_alive;
+                c.waiting = true;
+                self.requests.push(ApiRequest {
+                    conn,
+                    peer: c.peer,
+                    request,
+                });
+            }
+        }
+    }
+
+    /// Answers the request `conn` handed over; the next one (buffered, or still in the socket)
+    /// is read and handed over in turn.
+    pub fn answer(&mut self, conn: ApiConnId, status: u16, body: &str, now: Instant) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.waiting = false;
+        let response = json_response(status, body, c.keep_alive);
+        c.out.push(Outgoing::Frame(Bytes::from(response)));
+        self.on_event(conn, now);
+    }
+
+    fn mark(&mut self, conn: ApiConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !c.marked {
+                c.marked = true;
+                self.to_flush.push(conn);
+            }
+        }
+    }
+
+    pub fn on_writable(&mut self, conn: ApiConnId) {
+        self.mark(conn);
+    }
+
+    pub fn flush(&mut self) {
+        for conn in std::mem::take(&mut self.to_flush) {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            c.marked = false;
+            let written = c.out.write_to(&mut c.stream);
+            let finished = !c.waiting
+                && c.out.is_empty()
+                && (!c.keep_alive || (c.peer_done && c.buf.is_empty()));
+            if written.is_err() || finished {
+                // The one path by which a connection goes: dropping it closes the socket,
+                // which also takes it out of the poll.
+                self.conns.remove(&conn);
+            }
+        }
+    }
+
+    /// Requests that take too long get 408; connections idle too long go.
+    pub fn sweep(&mut self, now: Instant) {
+        let limit = self.request_timeout;
+        let slow: Vec<ApiConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                !c.waiting
+                    && c.keep_alive
+                    && c.request_started
+                        .is_some_and(|t| now.duration_since(t) >= limit)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in slow {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.keep_alive = false;
+                c.buf = Vec::new();
+                let body = http::error_body(408, "request not complete in time");
+                c.out
+                    .push(Outgoing::Frame(json_response(408, &body, false).into()));
+            }
+            self.mark(conn);
+        }
+        self.conns
+            .retain(|_, c| c.waiting || now.duration_since(c.last_active) < API_IDLE);
+    }
+
+    /// On stop: the port closes; connections finish what they are answering, then close.
+    pub fn stop(&mut self, reg: &Registry) {
+        if let Some(mut listener) = self.listener.take() {
+            let _ = reg.deregister(&mut listener);
+        }
+        let conns: Vec<ApiConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.keep_alive = false;
+            }
+            self.mark(conn);
+        }
+    }
+
+    pub fn shrink(&mut self) {
+        crate::master::memory::shrink_map(&mut self.conns);
+    }
+}

@@ -1,0 +1,234 @@
+//! Applying what happened: the doors' events, the workers' answers and the subscriber's
+//! messages go to the router; the router's tasks go to the pool and its late replies to the
+//! push doors. `settle` repeats until nothing is left, since each step may cause the others.
+
+use super::http::{error_body, json_response};
+use super::pool::Completion;
+use super::router::{Action, Origin, PushOutcome, ReplyTo};
+use super::ws::WsEvent;
+use super::Master;
+use crate::ipc::{ClusterMessage, Reply, TaskFailure};
+use log::warn;
+use std::time::Instant;
+
+/// The HTTP status a failed task answers with.
+pub fn failure_status(f: &TaskFailure) -> u16 {
+    match f {
+        TaskFailure::StoreRefused | TaskFailure::TooLarge => 500,
+        TaskFailure::NodeIdInUse { .. } => 409,
+        TaskFailure::NotClustered => 500,
+        TaskFailure::StoreUnavailable | TaskFailure::TimedOut | TaskFailure::WorkerLost => 503,
+    }
+}
+
+impl Master {
+    /// Applies events, requests, answers and actions until none is left.
+    pub(super) fn settle(&mut self, now: Instant) {
+        loop {
+            let mut progress = false;
+            for e in self.ws.take_events() {
+                progress = true;
+                self.on_ws_event(e, now);
+            }
+            for r in self.api.take_requests() {
+                progress = true;
+                self.serve_api(r, now);
+            }
+            for c in self.pool.take_completions() {
+                progress = true;
+                self.on_completion(c, now);
+            }
+            for a in self.router.take_actions() {
+                progress = true;
+                self.apply_action(a, now);
+            }
+            // After what the last reads reported is applied: sessions paused after a chat (or
+            // just logged in) read on.
+            if self.ws.has_pending_reads() {
+                progress = true;
+                self.ws.read_pending(now);
+            }
+            if !progress {
+                return;
+            }
+        }
+    }
+
+    fn on_ws_event(&mut self, e: WsEvent, now: Instant) {
+        match e {
+            WsEvent::Login { conn, login, .. } => self.router.login_requested(conn, login),
+            WsEvent::Page { conn, request } => self.serve_page(conn, request, now),
+            WsEvent::Chat {
+                conn,
+                from,
+                to,
+                kind,
+                text,
+                content,
+            } => {
+                let in_flight = self.pool.backlog_bytes();
+                self.router.chat(
+                    &mut self.ws,
+                    conn,
+                    from,
+                    to,
+                    kind,
+                    &text,
+                    content,
+                    in_flight,
+                    now,
+                );
+            }
+            WsEvent::Offline { conn, uid, source } => self.router.offline(conn, uid, source),
+            WsEvent::Undelivered { uid, entries, .. } => self.router.undelivered(uid, entries),
+            WsEvent::Closed { .. } => self.reclaimer.connection_closed(),
+        }
+    }
+
+    fn on_completion(&mut self, c: Completion<Origin>, now: Instant) {
+        let Completion {
+            origin,
+            key,
+            body,
+            reply,
+        } = c;
+        match origin {
+            Origin::Login { conn, uid, source } => {
+                self.router
+                    .login_answered(&mut self.ws, conn, uid, source, reply, now)
+            }
+            Origin::FetchPending { uid } => {
+                self.router.fetch_answered(&mut self.ws, uid, reply, now)
+            }
+            Origin::DemoLogin { conn, body } => {
+                let response = match reply {
+                    Reply::Ok => json_response(200, &body, false),
+                    _ => json_response(503, &error_body(503, "store unavailable"), false),
+                };
+                self.ws.respond(conn, &response, now);
+            }
+            Origin::ApiLogin { conn } => {
+                let (status, body) = match reply {
+                    Reply::Ok => (200, error_body(0, "ok")),
+                    Reply::Failed(f) => {
+                        let status = failure_status(&f);
+                        (status, error_body(status, &f.to_string()))
+                    }
+                    _ => (500, error_body(500, "unexpected answer")),
+                };
+                self.api.answer(conn, status, &body, now);
+            }
+            Origin::Store => self.router.store_answered(key, body, false, reply, now),
+            Origin::StoreProbe => self.router.store_answered(key, body, true, reply, now),
+            Origin::Route { waiter, part } => {
+                self.router
+                    .route_answered(&mut self.ws, waiter, part, reply, now)
+            }
+            Origin::Cluster => {
+                if let Reply::Failed(why) = reply {
+                    warn!("cluster task failed: {why}");
+                }
+            }
+            Origin::Heartbeat => {
+                if let Some(c) = self.cluster.as_ref() {
+                    c.heartbeat_answered(&reply);
+                }
+            }
+            Origin::Purge => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.purge_answered(&reply);
+                }
+            }
+            Origin::Presence { welcome } => {
+                if let Reply::Failed(why) = reply {
+                    warn!("presence write failed: {why}");
+                }
+                for conn in welcome {
+                    self.router.welcome(&mut self.ws, conn);
+                }
+            }
+        }
+    }
+
+    fn apply_action(&mut self, a: Action, now: Instant) {
+        match a {
+            Action::Task { key, body, origin } => {
+                self.pool.submit(key, body, origin);
+            }
+            Action::Reply { to, status, body } => match to {
+                ReplyTo::Udp(addr) => {
+                    if let Some(udp) = self.udp.as_ref() {
+                        udp.send_to(addr, body.as_bytes());
+                    }
+                }
+                ReplyTo::Api(conn) => self.api.answer(conn, status, &body, now),
+            },
+            Action::Presence(change) => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.presence_changed(change);
+                }
+            }
+            Action::AwaitPresence(conn) => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.await_presence(conn);
+                }
+            }
+        }
+    }
+
+    /// What other nodes published to this one.
+    pub(super) fn on_subscriber(&mut self, now: Instant) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let inbound = c.on_subscriber_event(now);
+        if inbound.resubscribed {
+            // Changes still queued are contained in the rewrite.
+            c.forget_queued_presence();
+            self.router.resync();
+        }
+        for m in inbound.messages {
+            match ClusterMessage::from_json(&m) {
+                Ok(message) => self.router.cluster_message(&mut self.ws, message, now),
+                Err(e) => warn!(
+                    "unreadable cluster message ({}): {:.200}",
+                    e.0,
+                    String::from_utf8_lossy(&m)
+                ),
+            }
+        }
+    }
+
+    /// Reads and answers datagrams (a few batches; the rest waits for the next turn).
+    pub(super) fn serve_udp(&mut self, now: Instant) {
+        let Master {
+            udp,
+            gate,
+            router,
+            ws,
+            pool,
+            config,
+            ..
+        } = self;
+        let Some(udp) = udp.as_mut() else {
+            return;
+        };
+        let in_flight = pool.backlog_bytes();
+        let max = config.server.max_message_size;
+        self.udp_backlog = udp.serve(|d| {
+            if !gate.admit(d.from.ip(), now) {
+                return Some(error_body(429, "too many pushes from this address"));
+            }
+            if d.truncated || d.payload.len() > max {
+                return Some(error_body(413, "datagram too large"));
+            }
+            match gate.open_datagram(d.payload, d.from.ip()) {
+                Ok(push) => match router.push(ws, push, ReplyTo::Udp(d.from), in_flight, now) {
+                    PushOutcome::Now { body, .. } => Some(body),
+                    PushOutcome::Later => None,
+                },
+                Err(e) => Some(error_body(e.code, &e.msg)),
+            }
+        });
+    }
+}

@@ -1,0 +1,66 @@
+//! A message on its way through the master: its frame, written once and shared by every
+//! connection it goes to, and what the store needs to keep it, as ranges of that frame.
+
+use crate::model::{Delivery, MessageId, StoredMessage, Uid};
+use bytes::Bytes;
+use std::ops::Range;
+
+/// The message's `type`, where it can be read without a copy.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    /// One of the protocol's own names (a client's chat types, `push`).
+    Named(&'static str),
+    /// Written in the frame as it is (no escapes in it).
+    InFrame(Range<usize>),
+    /// A name the frame holds escaped, kept unescaped.
+    Owned(Box<str>),
+}
+
+/// One message for one recipient uid (each recipient of a multi-uid push gets its own).
+#[derive(Debug)]
+pub struct Message {
+    pub id: MessageId,
+    pub from: Uid,
+    pub to: Uid,
+    pub time: u64,
+    /// The whole WebSocket frame a recipient gets (`state` 1 in it).
+    pub frame: Bytes,
+    pub kind: Kind,
+    /// `content`'s raw JSON in `frame`; None for a push without one (kept as `null`).
+    pub content: Option<Range<usize>>,
+}
+
+impl Message {
+    pub fn kind(&self) -> &str {
+        match &self.kind {
+            Kind::Named(k) => k,
+            Kind::InFrame(r) => std::str::from_utf8(&self.frame[r.clone()]).unwrap_or("push"),
+            Kind::Owned(k) => k,
+        }
+    }
+
+    pub fn content(&self) -> &str {
+        self.content
+            .clone()
+            .and_then(|r| std::str::from_utf8(&self.frame[r]).ok())
+            .unwrap_or("null")
+    }
+
+    /// The frame's JSON text, without the WebSocket header.
+    pub fn json(&self) -> &[u8] {
+        crate::protocol::frames::payload(&self.frame)
+    }
+
+    /// The record a store keeps, borrowed from this message.
+    pub fn stored(&self, delivery: Delivery) -> StoredMessage<'_> {
+        StoredMessage {
+            id: self.id,
+            from: self.from,
+            to: self.to,
+            kind: self.kind(),
+            delivery,
+            content: self.content(),
+            time: self.time,
+        }
+    }
+}

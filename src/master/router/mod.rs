@@ -1,0 +1,348 @@
+//! The routing core: what the master does with what the doors report. It owns the uid
+//! registry, stamps message ids, writes each message's frame once and queues it to every
+//! connection of its recipient, and decides what is kept. It does no I/O of its own: it works on
+//! the WebSocket sessions it is handed, and leaves tasks for the workers and replies for the
+//! push doors in its outbox (`Action`s), which the master carries out. Generic over the
+//! sessions' stream, so that its tests run without sockets.
+//!
+//! The parts: chats and deliveries (here), logins and kept messages (`login`), pushes
+//! (`push`), and the cluster's routing through Redis (`relay`).
+
+mod login;
+mod push;
+mod relay;
+
+pub use push::{online_body, PushOutcome};
+pub use relay::{WaiterId, PRESENCE_KEY};
+
+use crate::ids::{unix_now, IdGenerator};
+use crate::ipc::{self, Task};
+use crate::master::api::ApiConnId;
+use crate::master::message::{Kind, Message};
+use crate::master::registry::Registry;
+use crate::master::store_queue::StoreQueue;
+use crate::master::ws::{Outgoing, Sessions};
+use crate::model::{ConnId, Delivery, MessageId, PresenceChange, Source, Uid};
+use crate::protocol::frames;
+use bytes::Bytes;
+use serde::Serialize;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Who waits for a task's answer.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    Login {
+        conn: ConnId,
+        uid: Uid,
+        source: Source,
+    },
+    FetchPending {
+        uid: Uid,
+    },
+    /// A token the demo page asked for: answered on the WebSocket port's connection.
+    DemoLogin {
+        conn: ConnId,
+        body: String,
+    },
+    /// `POST /api/login`.
+    ApiLogin {
+        conn: ApiConnId,
+    },
+    /// A write nobody waits for (store, requeue); a failure goes to the retry queue.
+    Store,
+    /// The oldest failed write, sent to see whether the store is back.
+    StoreProbe,
+    /// A cluster route; the waiter (and which of its parts this is) is settled by its answer.
+    Route {
+        waiter: WaiterId,
+        part: usize,
+    },
+    /// A cluster task nobody waits for (a broadcast, a presence rewrite).
+    Cluster,
+    Heartbeat,
+    /// The start-up purge of this node's old presence entries.
+    Purge,
+    /// A presence batch; the connections in `welcome` get their login frame when it is answered.
+    Presence {
+        welcome: Vec<ConnId>,
+    },
+}
+
+/// Where a push's reply goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyTo {
+    Udp(SocketAddr),
+    Api(ApiConnId),
+}
+
+/// What the router leaves for the master to carry out.
+#[derive(Debug)]
+pub enum Action {
+    /// A task for the worker slot of `key`.
+    Task {
+        key: u64,
+        body: Bytes,
+        origin: Origin,
+    },
+    /// A push answered once other nodes had answered.
+    Reply {
+        to: ReplyTo,
+        status: u16,
+        body: String,
+    },
+    /// Cluster: a connection came or went (for the presence hashes).
+    Presence(PresenceChange),
+    /// Cluster: this connection's login frame waits for the next presence write.
+    AwaitPresence(ConnId),
+}
+
+/// Counters for `/api/stats`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RouterStats {
+    pub logins: u64,
+    pub logins_refused: u64,
+    pub pushes: u64,
+    /// Messages refused because the store's backlog was full (503).
+    pub refused_busy: u64,
+    /// Messages the store refused to keep (a value it cannot hold).
+    pub store_refused: u64,
+}
+
+pub struct Router {
+    registry: Registry,
+    ids: IdGenerator,
+    store: StoreQueue,
+    /// Cluster mode: messages go through Redis, and replies wait for it.
+    relay: Option<relay::Relay>,
+    actions: Vec<Action>,
+    stats: RouterStats,
+}
+
+impl Router {
+    pub fn new(node_id: u16, store: StoreQueue, clustered: Option<String>) -> Router {
+        Router {
+            registry: Registry::default(),
+            ids: IdGenerator::new(node_id),
+            store,
+            relay: clustered.map(relay::Relay::new),
+            actions: Vec::new(),
+            stats: RouterStats::default(),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn stats(&self) -> &RouterStats {
+        &self.stats
+    }
+
+    pub fn store(&self) -> &StoreQueue {
+        &self.store
+    }
+
+    pub fn next_id(&mut self) -> MessageId {
+        self.ids.next_id()
+    }
+
+    /// Everything left for the master since the last call.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    fn task(&mut self, key: u64, task: &Task<'_>, origin: Origin) {
+        match ipc::encode_task(task) {
+            Ok(body) => self.actions.push(Action::Task { key, body, origin }),
+            Err(e) => log::error!("a task cannot be encoded: {e}"),
+        }
+    }
+
+    /// Saves a login record (`POST /api/login`, the demo login).
+    pub fn save_token(&mut self, record: crate::model::TokenRecord, origin: Origin) {
+        self.task(record.uid.0, &Task::SaveToken(record), origin);
+    }
+
+    /// Gives back the room of tables that held far more than they do now.
+    pub fn shrink(&mut self) {
+        self.registry.shrink();
+    }
+
+    /// Hands the batched messages to the workers (once per loop turn).
+    pub fn submit_store_batches(&mut self) {
+        for (key, body) in self.store.take_tasks() {
+            self.actions.push(Action::Task {
+                key,
+                body,
+                origin: Origin::Store,
+            });
+        }
+    }
+
+    /// True when a message may be accepted: the store's backlog has room. Counts a refusal.
+    fn admit(&mut self, in_flight: usize) -> bool {
+        let room = self.store.has_room(in_flight);
+        if !room {
+            self.stats.refused_busy += 1;
+        }
+        room
+    }
+
+    /// A chat from a logged-in client: stamped, its frame written once (content copied as raw
+    /// JSON from the client's own frame) and queued to every connection of `to`; the sender
+    /// gets its ack. `in_flight` is the bytes the workers have not answered yet.
+    #[allow(clippy::too_many_arguments)]
+    pub fn chat<S: Read + Write>(
+        &mut self,
+        ws: &mut Sessions<S>,
+        conn: ConnId,
+        from: Uid,
+        to: Uid,
+        kind: &'static str,
+        text: &[u8],
+        content: Range<usize>,
+        in_flight: usize,
+        now: Instant,
+    ) {
+        if !self.admit(in_flight) {
+            ws.send(
+                conn,
+                Outgoing::Frame(frames::error(503, "busy: try again later")),
+                now,
+            );
+            return;
+        }
+        let content = std::str::from_utf8(&text[content]).unwrap_or("null");
+        let id = self.ids.next_id();
+        let time = unix_now();
+        let (frame, layout) = frames::message(id, kind, from, to, time, 1, content);
+        let message = Rc::new(Message {
+            id,
+            from,
+            to,
+            time,
+            frame,
+            kind: Kind::Named(kind),
+            content: Some(layout.content),
+        });
+        if self.relay.is_some() {
+            // In a cluster every message for a uid travels through Redis, to the recipient's
+            // own node too: each node receives its users' messages in one order, whichever
+            // node they were sent to.
+            return self.relay_chat(conn, message);
+        }
+        let delivered = self.deliver_message(ws, &message, now);
+        let delivery = Delivery::from_reached(delivered > 0);
+        ws.send(
+            conn,
+            Outgoing::Frame(frames::ack(id, to, delivery.state())),
+            now,
+        );
+        self.store.keep(message, delivery);
+    }
+
+    /// Queues `message` to every connection of its recipient; returns how many took it.
+    fn deliver_message<S: Read + Write>(
+        &mut self,
+        ws: &mut Sessions<S>,
+        message: &Rc<Message>,
+        now: Instant,
+    ) -> usize {
+        deliver(
+            &self.registry,
+            ws,
+            message.to,
+            || Outgoing::Message(Rc::clone(message)),
+            now,
+        )
+    }
+
+    /// A logged-in connection left: it leaves the registry (and the cluster's presence).
+    pub fn offline(&mut self, conn: ConnId, uid: Uid, source: Source) {
+        if self.registry.unregister(uid, source, conn) {
+            self.presence(uid, source, conn, false, None);
+        }
+    }
+
+    /// A slow consumer was cut off: what it never got is kept as undelivered (unless another
+    /// connection of the same user is online: that device has it), so it comes at the next
+    /// login, once and in order.
+    pub fn undelivered(&mut self, uid: Uid, entries: Vec<Outgoing>) {
+        if !self.registry.is_online(uid) {
+            self.keep_unsent(uid, entries);
+        }
+    }
+
+    /// Keeps messages for `uid` that never reached it: kept ones are made undelivered again,
+    /// live ones kept as undelivered.
+    fn keep_unsent(&mut self, uid: Uid, entries: Vec<Outgoing>) {
+        let mut requeue = Vec::new();
+        for entry in entries {
+            match entry {
+                Outgoing::Message(m) if m.to == uid => {
+                    requeue.push(m.id);
+                    self.store.keep(m, Delivery::Undelivered);
+                }
+                Outgoing::Kept { id, .. } => requeue.push(id),
+                _ => {}
+            }
+        }
+        // The batch above is written first (same slot, in order); a copy already kept as
+        // delivered is then marked undelivered again.
+        self.submit_store_batches();
+        self.requeue(uid, requeue);
+    }
+
+    /// Marks kept messages that did not reach their recipient undelivered again.
+    fn requeue(&mut self, uid: Uid, ids: Vec<MessageId>) {
+        if !ids.is_empty() {
+            self.task(uid.0, &Task::Requeue(ids), Origin::Store);
+        }
+    }
+
+    /// Cluster mode: tells the presence hashes that a connection came or went.
+    fn presence(
+        &mut self,
+        uid: Uid,
+        source: Source,
+        conn: ConnId,
+        online: bool,
+        device: Option<&str>,
+    ) {
+        if self.relay.is_some() {
+            self.actions.push(Action::Presence(PresenceChange {
+                uid,
+                source,
+                conn,
+                online,
+                time: unix_now(),
+                device: device.map(str::to_owned),
+            }));
+        }
+    }
+}
+
+/// Queues one entry (made by `entry`, once per connection) to every connection of `uid`;
+/// returns how many took it.
+fn deliver<S: Read + Write>(
+    registry: &Registry,
+    ws: &mut Sessions<S>,
+    uid: Uid,
+    mut entry: impl FnMut() -> Outgoing,
+    now: Instant,
+) -> usize {
+    let mut delivered = 0;
+    for e in registry.connections_of(uid) {
+        if ws.send(e.conn, entry(), now) {
+            delivered += 1;
+        }
+    }
+    delivered
+}
+
+#[cfg(test)]
+mod tests;
