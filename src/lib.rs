@@ -12,4 +12,5 @@ pub mod protocol;
 pub mod secret;
 pub mod status;
 pub mod store;
+pub mod trim;
 pub mod worker;

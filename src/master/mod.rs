@@ -322,11 +322,13 @@ impl Master {
         self.gate.prune(now);
         self.router.retry_fetches(now);
         self.router.probe_store(now);
+        let backlog = self.pool.backlog_bytes() + self.router.store().batched_bytes();
+        self.reclaimer.store_backlog(backlog);
         if self.reclaimer.due(now) {
             self.ws.shrink();
             self.api.shrink();
             self.router.shrink();
-            memory::trim_allocator();
+            crate::trim::trim_allocator();
         }
         self.pool.tick(now);
         if self.pool.reloading() {

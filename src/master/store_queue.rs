@@ -13,6 +13,11 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+/// The most message bytes (roughly) in one `Store` task.
+const TASK_BYTES: usize = 1024 * 1024;
+/// A batch list that grew past this in a burst is given back once it is handed over.
+const KEEP_BATCH_CAPACITY: usize = 4096;
+
 /// How long to wait before asking a message store that was down again.
 const FETCH_RETRY: Duration = Duration::from_secs(1);
 
@@ -71,6 +76,11 @@ impl StoreQueue {
         self.batches[slot].push((message, delivery));
     }
 
+    /// Bytes of messages batched and not yet handed to a worker.
+    pub fn batched_bytes(&self) -> usize {
+        self.batched_bytes
+    }
+
     pub fn is_idle(&self) -> bool {
         self.batched_bytes == 0 && self.batches.iter().all(Vec::is_empty)
     }
@@ -86,12 +96,30 @@ impl StoreQueue {
             let Some(key) = batch.first().map(|(m, _)| m.to.0) else {
                 continue;
             };
-            let records: Vec<StoredMessage> = batch.iter().map(|(m, d)| m.stored(*d)).collect();
-            match ipc::encode_task(&Task::Store(records)) {
-                Ok(body) => tasks.push((key, body)),
-                Err(e) => log::error!("{} messages cannot be kept: {e}", batch.len()),
+            // Tasks of at most about `TASK_BYTES` each: a worker never holds a huge frame, and
+            // a failed write retries no more than that.
+            let mut start = 0;
+            while start < batch.len() {
+                let mut end = start;
+                let mut bytes = 0;
+                while end < batch.len() && (end == start || bytes < TASK_BYTES) {
+                    bytes += batch[end].0.frame.len();
+                    end += 1;
+                }
+                let records: Vec<StoredMessage> = batch[start..end]
+                    .iter()
+                    .map(|(m, d)| m.stored(*d))
+                    .collect();
+                match ipc::encode_task(&Task::Store(records)) {
+                    Ok(body) => tasks.push((key, body)),
+                    Err(e) => log::error!("{} messages cannot be kept: {e}", end - start),
+                }
+                start = end;
             }
             batch.clear();
+            if batch.capacity() > KEEP_BATCH_CAPACITY {
+                *batch = Vec::new();
+            }
         }
         self.batched_bytes = 0;
         tasks
@@ -216,6 +244,22 @@ mod tests {
         );
         assert!(q.take_tasks().is_empty());
         assert!(q.is_idle());
+    }
+
+    #[test]
+    fn a_large_batch_is_split_into_tasks_of_about_a_mebibyte() {
+        let big = format!("\"{}\"", "x".repeat(300 * 1024));
+        let mut q = StoreQueue::new(1, true, 1 << 30, 100);
+        for id in 0..10 {
+            q.keep(message(id, 10, &big), Delivery::Delivered);
+        }
+        let tasks = q.take_tasks();
+        let ids: Vec<Vec<u64>> = tasks
+            .iter()
+            .map(|(_, b)| stored(b).iter().map(|r| r.0).collect())
+            .collect();
+        assert_eq!(ids, vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]);
+        assert!(tasks.iter().all(|(key, _)| *key == 10));
     }
 
     #[test]

@@ -8,6 +8,9 @@ use crate::ipc::{self, IpcError, ToMaster, ToWorker};
 use crate::store::StoreError;
 use std::io::{self, BufReader, BufWriter, Write};
 
+/// The largest frame buffer a worker keeps between tasks.
+const FRAME_KEEP: usize = 2 * 1024 * 1024;
+
 #[derive(Debug)]
 pub enum WorkerError {
     Channel(IpcError),
@@ -108,6 +111,11 @@ pub fn run() -> Result<(), WorkerError> {
         // Answer in batches: flush only once no further task is already waiting.
         if input.buffer().is_empty() {
             output.flush().map_err(IpcError::Io)?;
+        }
+        // A large task leaves a large buffer behind; an idle worker gives it back.
+        if frame.capacity() > FRAME_KEEP {
+            frame = Vec::new();
+            crate::trim::trim_allocator();
         }
     }
     output.flush().map_err(IpcError::Io)?;

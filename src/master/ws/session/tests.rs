@@ -3,6 +3,8 @@
 use super::*;
 use crate::master::ws::mock::{self, server_frames, MockStream};
 use crate::master::ws::tests::{close_code, kinds, text_frame};
+use crate::master::ws::WsStats;
+use crate::protocol::frames as out;
 use serde_json::{json, Value};
 
 const PONG: &str = r#"{"type":"pong"}"#;

@@ -1,0 +1,45 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("test.toml"))
+}
+
+#[test]
+fn empty_file_gives_defaults() {
+    let c = parse("").expect("defaults");
+    assert_eq!(c.server.ws_port, DEFAULT_WS_PORT);
+    assert_eq!(c.udpsocket_group.len(), 1);
+    assert!(c.demo_enabled());
+}
+
+#[test]
+fn unknown_key_is_named_with_file_and_line() {
+    let e = parse("[server]\nws_port = 1\nbogus = 3\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("test.toml"), "{e}");
+    assert!(e.contains("line 3"), "{e}");
+    assert!(e.contains("server.bogus"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let e = parse("[server]\nws_port = \"x\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("server.ws_port"), "{e}");
+}
+
+#[test]
+fn bad_values_name_the_key() {
+    let e = parse("[server]\nhost = \"nowhere\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("server.host"), "{e}");
+    let e = parse("[[udpsocket_group]]\nip = \"1.2.3\"\nsecret_key = \"k\"\n").unwrap_err();
+    assert!(e.to_string().contains("udpsocket_group[0].ip"), "{e}");
+    let e = parse("[server]\nmax_message_size = 1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("server.max_message_size"), "{e}");
+}

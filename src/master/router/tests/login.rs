@@ -1,0 +1,113 @@
+//! Logins, kept messages and slow consumers.
+
+use super::*;
+
+#[test]
+fn a_login_displaces_the_older_connection_of_its_uid_and_source() {
+    let elsewhere = || vec![refused(441, "logged in elsewhere"), close(4002)];
+    for (old_device, new_device, to_old) in [
+        (Some("dev"), Some("other"), elsewhere()),
+        (None, None, elsewhere()),
+        (Some("dev"), Some("dev"), vec![close(4002)]),
+    ] {
+        let mut t = T::new(false, LIMIT);
+        let old = t.arrive(9, "app", old_device);
+        t.answer(&old, pending(vec![]));
+        let web = t.online(9, "web");
+        assert_eq!(t.got(&old), [login_frame(&old)]);
+        let new = t.arrive(9, "app", new_device);
+        t.answer(&new, pending(vec![]));
+        assert_eq!(t.got(&old), to_old, "{old_device:?} then {new_device:?}");
+        assert_eq!(t.got(&new), [login_frame(&new)]);
+        assert!(t.got(&web).is_empty(), "another source stays");
+        let entries = t.r.registry().connections_of(Uid(9));
+        let conns: Vec<ConnId> = entries.iter().map(|e| e.conn).collect();
+        assert!(conns.len() == 2 && conns.contains(&new.conn) && !conns.contains(&old.conn));
+        assert_eq!(t.r.stats().logins, 3);
+    }
+}
+
+#[test]
+fn a_refused_or_unchecked_login_gets_its_code_and_close() {
+    for (reply, code, message, close_code) in [
+        (Reply::Refused(Expired), 401, "expired", 4001),
+        (Reply::Refused(Unauthorized), 401, "unauthorized", 4001),
+        (
+            Reply::Failed(StoreUnavailable),
+            503,
+            "service unavailable",
+            1013,
+        ),
+    ] {
+        let mut t = T::new(false, LIMIT);
+        let c = t.arrive(9, "app", None);
+        t.answer(&c, reply);
+        assert_eq!(t.got(&c), [refused(code, message), close(close_code)]);
+        assert!(!t.r.registry().is_online(Uid(9)));
+        assert!(t.actions().is_empty());
+        let stats = t.r.stats();
+        assert_eq!((stats.logins, stats.logins_refused), (0, 1));
+    }
+}
+
+#[test]
+fn a_login_answered_after_its_client_left_requeues_what_was_taken_for_it() {
+    let mut t = T::new(false, LIMIT);
+    let c = t.arrive(9, "app", None);
+    t.ws.close(c.conn, 1001, "gone", t.now);
+    t.answer(&c, pending(vec![kept(5, "1"), kept(6, "2")]));
+    assert_eq!(t.got(&c), [close(1001)], "no login frame");
+    assert!(!t.r.registry().is_online(Uid(9)));
+    assert_eq!(requeued(&t.actions()), [[5, 6]]);
+}
+
+#[test]
+fn kept_messages_follow_the_login_frame_in_order_and_a_full_batch_fetches_more() {
+    let mut t = T::new(false, LIMIT);
+    let c = t.arrive(9, "app", None);
+    let (a, b, c_) = (CONTENT, "1", "[2]");
+    t.answer(&c, pending(vec![kept(103, a), kept(101, b), kept(102, c_)]));
+    let kept_ones = [kept_json(103, a), kept_json(101, b), kept_json(102, c_)];
+    let mut want = vec![login_frame(&c)];
+    want.extend(kept_ones);
+    assert_eq!(t.got(&c), want);
+    assert!(t.actions().is_empty(), "nothing requeued or fetched");
+    // A whole batch: more may wait.
+    let c = t.arrive(10, "app", None);
+    let batch = (0..PENDING_PER_LOGIN as u64).map(|i| kept(1000 + i, "0"));
+    t.answer(&c, pending(batch.collect()));
+    assert_eq!(t.got(&c).len(), PENDING_PER_LOGIN + 1);
+    assert_eq!(names(&t.actions()), ["FetchPending"]);
+}
+
+#[test]
+fn kept_messages_that_reach_no_connection_are_requeued() {
+    let mut t = T::new(false, LIMIT);
+    let c = t.online(9, "app");
+    t.ws.close(c.conn, 1001, "bye", t.now); // closing, its Offline not applied yet
+    let frames = pending(vec![kept(5, "1"), kept(6, "2")]);
+    t.r.fetch_answered(&mut t.ws, Uid(9), frames, t.now);
+    assert_eq!(t.got(&c), [close(1001)]);
+    assert_eq!(requeued(&t.actions()), [[5, 6]]);
+}
+
+#[test]
+fn a_slow_consumer_s_unsent_messages_are_kept_undelivered_then_requeued() {
+    let mut t = T::new(false, LIMIT);
+    let entries = || {
+        let ack = Outgoing::Frame(frames::ack(MessageId(40), Uid(3), 1));
+        let (id, frame) = (MessageId(42), frames::text(b"{}"));
+        let message = Outgoing::Message(message(41, 9, CONTENT));
+        vec![message, ack, Outgoing::Kept { id, frame }]
+    };
+    t.r.undelivered(Uid(9), entries());
+    let actions = t.actions();
+    assert_eq!(names(&actions), ["Store", "Requeue"]);
+    let row = format!("41 7>9 text Undelivered {CONTENT}");
+    assert_eq!(stored(&actions), [row]);
+    assert_eq!(requeued(&actions), [[41, 42]]);
+    // Another connection of the uid is still online: that device has them.
+    t.online(9, "web");
+    t.r.undelivered(Uid(9), entries());
+    assert!(t.actions().is_empty() && t.r.store().is_idle());
+}
