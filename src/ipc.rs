@@ -241,6 +241,9 @@ impl<'a> ClusterMessage<'a> {
 
 /// The most kept messages handed over at once; the rest follow in further batches.
 pub const PENDING_PER_LOGIN: usize = 1000;
+/// The most content bytes handed over at once (after the message that reaches it): about what
+/// a connection's send queue takes.
+pub const PENDING_BYTES: usize = 512 * 1024;
 
 /// A kept message on its way to its recipient, as a whole WebSocket frame (built by the
 /// worker that read it, so that the master only queues it).
@@ -303,6 +306,8 @@ pub enum Reply {
     Pending {
         frames: Vec<PendingFrame>,
         store_down: bool,
+        /// The take stopped at its limit: more may wait.
+        more: bool,
     },
     Refused(LoginRefusal),
     Ok,
@@ -406,7 +411,13 @@ pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), IpcError> 
 /// A task's body, encoded once; the pool keeps it (not the records it came from) until the
 /// task is answered, and sends the same bytes again if its worker dies.
 pub fn encode_task(task: &Task<'_>) -> Result<Bytes, IpcError> {
-    let mut body = Vec::new();
+    encode_task_sized(task, 0)
+}
+
+/// As `encode_task`, with room for `size_hint` bytes from the start (a batch of messages:
+/// one allocation instead of a string of doublings).
+pub fn encode_task_sized(task: &Task<'_>, size_hint: usize) -> Result<Bytes, IpcError> {
+    let mut body = Vec::with_capacity(size_hint);
     postcard::serialize_with_flavor::<_, _, _>(task, AppendTo(&mut body))
         .map_err(IpcError::Encode)?;
     if body.len() > MAX_FRAME - 64 {

@@ -42,7 +42,12 @@ impl Drop for BenchServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // WSPUSH_BENCH_KEEP_DIR=1 keeps the server's directory (its log, its store) to look at.
+        if std::env::var_os("WSPUSH_BENCH_KEEP_DIR").is_some() {
+            eprintln!("bench server directory kept: {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

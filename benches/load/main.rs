@@ -17,12 +17,14 @@
 //! cargo bench --bench load -- broadcast --users 19000    # 10 rounds, time to first and last recipient
 //! cargo bench --bench load -- seed10k --users 10000      # one push per user: first send to last delivery
 //! cargo bench --bench load -- store                       # push with every message kept: rows/s
+//! cargo bench --bench load -- flood                       # 2,580 x 60 KB to one client not reading: RSS
 //! WSPUSH_BENCH_MYSQL=mysql://root@127.0.0.1:3306/test cargo bench --bench load -- store   # into MariaDB
 //! ```
 //!
 //! Options: `--users N`, `--messages N`, `--window N`, `--agents N` (default: at most 9,500
 //! connections each, at least 2), `--rate N` (pushes per second), `--rounds N`, `--senders N`,
-//! `--max-pending N` (handshakes under way at once, all agents together).
+//! `--max-pending N` (handshakes under way at once, all agents together), `--keep` (every
+//! message kept, as on the default configuration; otherwise only undelivered ones).
 
 use clap::{Parser, ValueEnum};
 
@@ -33,6 +35,7 @@ mod client;
 mod common;
 mod control;
 mod fleet;
+mod flood;
 mod pusher;
 mod report;
 mod scenarios;
@@ -55,6 +58,9 @@ enum Scenario {
     /// `push` with every message kept: rows per second into MariaDB (`WSPUSH_BENCH_MYSQL`)
     /// or the embedded store.
     Store,
+    /// `--messages` pushes (default 2,580) of `--size` bytes to one client that has stopped
+    /// reading, every message kept: the server's RSS before, at its peak and after.
+    Flood,
 }
 
 #[derive(Parser)]
@@ -62,7 +68,8 @@ enum Scenario {
 struct Args {
     #[arg(value_enum)]
     scenario: Scenario,
-    /// Users logged in (default: connect 19,000, broadcast 19,000, seed10k 10,000, else 1,000).
+    /// Users logged in (default: connect 19,000, broadcast 19,000, seed10k 10,000, flood 2,
+    /// else 1,000).
     #[arg(long)]
     users: Option<u64>,
     /// Messages sent (default: push 200,000, chat 100,000, latency rate x 10 s).
@@ -87,6 +94,14 @@ struct Args {
     /// second here, only a later p99: the two cores are the limit, not the backlog.
     #[arg(long, default_value_t = 128)]
     max_pending: usize,
+    /// Keep every message as the default configuration does (`backup = true`, the embedded
+    /// store, or MariaDB with `WSPUSH_BENCH_MYSQL`), instead of keeping only undelivered ones.
+    /// The `store` scenario always does.
+    #[arg(long)]
+    keep: bool,
+    /// Content bytes of each flood push.
+    #[arg(long, default_value_t = 60_000)]
+    size: usize,
     /// Added by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -98,6 +113,21 @@ fn main() {
         return;
     }
     let args = Args::parse();
+    if args.scenario == Scenario::Flood {
+        let options = flood::Options {
+            users: args.users.unwrap_or(2),
+            messages: args.messages.unwrap_or(2_580),
+            size: args.size,
+            // 48 x 60 KB in flight fits the server's 4 MiB UDP receive buffer; more and the
+            // kernel drops datagrams before the server sees them.
+            window: args.window.unwrap_or(48),
+        };
+        if !flood::run(&store::Store::from_env(), &options) {
+            eprintln!("load: FAILED: something accepted was lost, duplicated or reordered, or a push had no ok or 503 reply");
+            std::process::exit(1);
+        }
+        return;
+    }
     let users = args.users.unwrap_or(match args.scenario {
         Scenario::Connect | Scenario::Broadcast => 19_000,
         Scenario::Seed10k => 10_000,
@@ -107,7 +137,7 @@ fn main() {
     let agents = args
         .agents
         .unwrap_or_else(|| users.div_ceil(CONNS_PER_AGENT).max(2) as usize);
-    let store = (args.scenario == Scenario::Store).then(store::Store::from_env);
+    let store = (args.scenario == Scenario::Store || args.keep).then(store::Store::from_env);
     let mut bench = scenarios::Bench::start(users, agents, args.max_pending.max(1), store.as_ref());
     let figures = match args.scenario {
         Scenario::Connect => scenarios::connect(&mut bench),
@@ -140,6 +170,7 @@ fn main() {
             args.messages.unwrap_or(200_000),
             args.window.unwrap_or(256),
         ),
+        Scenario::Flood => unreachable!("flood runs on its own, above"),
     };
     let pass = report::print(&bench.connect, &figures);
     // Agents and server go before the exit code is set: exit() would skip their destructors.

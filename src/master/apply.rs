@@ -11,6 +11,14 @@ use crate::ipc::{ClusterMessage, Reply, TaskFailure};
 use log::warn;
 use std::time::Instant;
 
+/// The lists `settle` works through, kept for their room.
+#[derive(Default)]
+pub(super) struct Work {
+    events: Vec<WsEvent>,
+    completions: Vec<Completion<Origin>>,
+    actions: Vec<Action>,
+}
+
 /// The HTTP status a failed task answers with.
 pub fn failure_status(f: &TaskFailure) -> u16 {
     match f {
@@ -24,9 +32,12 @@ pub fn failure_status(f: &TaskFailure) -> u16 {
 impl Master {
     /// Applies events, requests, answers and actions until none is left.
     pub(super) fn settle(&mut self, now: Instant) {
+        // Kept across turns for their room: a turn allocates no lists.
+        let mut work = std::mem::take(&mut self.work);
         loop {
             let mut progress = false;
-            for e in self.ws.take_events() {
+            self.ws.drain_events(&mut work.events);
+            for e in work.events.drain(..) {
                 progress = true;
                 self.on_ws_event(e, now);
             }
@@ -34,11 +45,14 @@ impl Master {
                 progress = true;
                 self.serve_api(r, now);
             }
-            for c in self.pool.take_completions() {
+            self.router.note_in_flight(self.pool.backlog_bytes());
+            self.pool.drain_completions(&mut work.completions);
+            for c in work.completions.drain(..) {
                 progress = true;
                 self.on_completion(c, now);
             }
-            for a in self.router.take_actions() {
+            self.router.drain_actions(&mut work.actions);
+            for a in work.actions.drain(..) {
                 progress = true;
                 self.apply_action(a, now);
             }
@@ -49,6 +63,7 @@ impl Master {
                 self.ws.read_pending(now);
             }
             if !progress {
+                self.work = work;
                 return;
             }
         }
@@ -81,6 +96,7 @@ impl Master {
             }
             WsEvent::Offline { conn, uid, source } => self.router.offline(conn, uid, source),
             WsEvent::Undelivered { uid, entries, .. } => self.router.undelivered(uid, entries),
+            WsEvent::Drained { uid, .. } => self.router.drained(uid),
             WsEvent::Closed { .. } => self.reclaimer.connection_closed(),
         }
     }

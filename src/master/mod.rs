@@ -114,6 +114,7 @@ pub struct Master {
     stopping: Option<Instant>,
     ready_notifier: Option<std::os::unix::net::UnixStream>,
     pid_file: Option<PathBuf>,
+    work: apply::Work,
 }
 
 /// Session limits from the configuration.
@@ -213,6 +214,7 @@ impl Master {
             stopping: None,
             ready_notifier,
             pid_file,
+            work: apply::Work::default(),
             poll,
             config,
         })
@@ -473,6 +475,7 @@ impl Master {
             "refused_rate_ip": ws.refused_rate_ip,
             "refused_push_rate": self.gate.refused_rate,
             "refused_busy": r.refused_busy,
+            "backups_skipped": r.backups_skipped,
             "logins": r.logins,
             "logins_refused": r.logins_refused + ws.logins_refused,
             "messages_in": ws.messages_in,

@@ -9,7 +9,7 @@ use crate::master::message::Message;
 use crate::master::retry::RetryQueue;
 use crate::model::{Delivery, StoredMessage, Uid};
 use bytes::Bytes;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -27,13 +27,10 @@ pub struct StoreQueue {
     batches: Vec<Vec<(Rc<Message>, Delivery)>>,
     /// Bytes of the frames the batches hold.
     batched_bytes: usize,
+
     /// The most bytes waiting to be written (batched, in flight, or waiting for a retry).
     limit: usize,
     retry: RetryQueue,
-    /// Uids with a login check in flight, and those among them a message was kept for
-    /// meanwhile (their login answer may have missed it, so it is fetched again).
-    logging_in: HashMap<Uid, u32>,
-    missed_while_logging_in: HashSet<Uid>,
     /// Uids whose kept messages could not be read (store down), and when to try again.
     retry_fetch: HashMap<Uid, Instant>,
 }
@@ -44,10 +41,9 @@ impl StoreQueue {
             backup,
             batches: (0..slots.max(1)).map(|_| Vec::new()).collect(),
             batched_bytes: 0,
+
             limit,
             retry: RetryQueue::new(retry_limit),
-            logging_in: HashMap::new(),
-            missed_while_logging_in: HashSet::new(),
             retry_fetch: HashMap::new(),
         }
     }
@@ -67,9 +63,6 @@ impl StoreQueue {
     pub fn keep(&mut self, message: Rc<Message>, delivery: Delivery) {
         if !self.wants(delivery) {
             return;
-        }
-        if delivery == Delivery::Undelivered && self.logging_in.contains_key(&message.to) {
-            self.missed_while_logging_in.insert(message.to);
         }
         let slot = (message.to.0 % self.batches.len() as u64) as usize;
         self.batched_bytes += message.frame.len();
@@ -146,24 +139,6 @@ impl StoreQueue {
 
     pub fn dropped(&self) -> u64 {
         self.retry.dropped
-    }
-
-    pub fn login_started(&mut self, uid: Uid) {
-        *self.logging_in.entry(uid).or_default() += 1;
-    }
-
-    /// A login check of `uid` was answered. True if a message was kept for it meanwhile and
-    /// no other login of it is still checked: its kept messages must be fetched again.
-    pub fn login_answered(&mut self, uid: Uid) -> bool {
-        let left = self.logging_in.get_mut(&uid).map(|n| {
-            *n -= 1;
-            *n
-        });
-        if left != Some(0) {
-            return false;
-        }
-        self.logging_in.remove(&uid);
-        self.missed_while_logging_in.remove(&uid)
     }
 
     /// The message store could not be read for `uid`: look again in a while.
@@ -286,21 +261,5 @@ mod tests {
         assert!(q.has_room(0), "handed to the pool, counted there");
         q.write_failed(tasks[0].0, tasks[0].1.clone(), false, Instant::now());
         assert!(!q.has_room(0), "a failed write still counts");
-    }
-
-    #[test]
-    fn a_message_kept_during_a_login_check_is_fetched_again() {
-        let mut q = StoreQueue::new(1, true, 1 << 20, 100);
-        q.login_started(Uid(10));
-        q.login_started(Uid(10));
-        q.keep(message(1, 10, "1"), Delivery::Undelivered);
-        assert!(!q.login_answered(Uid(10)), "another check is still out");
-        assert!(q.login_answered(Uid(10)));
-        q.login_started(Uid(10));
-        q.keep(message(2, 10, "1"), Delivery::Delivered);
-        assert!(
-            !q.login_answered(Uid(10)),
-            "a delivered message was not missed"
-        );
     }
 }

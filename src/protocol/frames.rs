@@ -109,7 +109,8 @@ pub fn message(
     state: u8,
     content: &str,
 ) -> (Bytes, Layout) {
-    let mut b = FrameBuilder::with_capacity(96 + kind.len() + content.len());
+    // The fields around kind and content take about 130 bytes with 19-digit ids.
+    let mut b = FrameBuilder::with_capacity(160 + kind.len() + content.len());
     b.push(b"{\"id\":\"");
     b.push_u64(id.0);
     b.push(b"\",\"type\":");

@@ -63,16 +63,33 @@ pub trait MessageStore {
     /// Stores a batch in one transaction. A message already stored (same id) is left as it is,
     /// so that a batch retried after a worker died is harmless.
     fn insert(&mut self, messages: &[StoredMessage<'_>]) -> Result<(), StoreError>;
-    /// Takes the messages stored for `uid` and not yet delivered, oldest first, marking them
-    /// delivered in the same transaction: two takes never hand out one message twice.
+    /// Takes the messages stored for `uid` and not yet delivered, oldest first, within `limit`,
+    /// marking them delivered in the same transaction: two takes never hand out one message
+    /// twice.
     fn take_pending(
         &mut self,
         uid: Uid,
-        limit: usize,
+        limit: TakeLimit,
         now: u64,
     ) -> Result<Vec<PendingMessage>, StoreError>;
     /// Marks taken messages undelivered again (their recipient did not get them).
     fn requeue(&mut self, ids: &[MessageId], now: u64) -> Result<(), StoreError>;
+}
+
+/// How much one take of kept messages may hand out: at most `rows` messages, and none after
+/// the one that reaches `bytes` of content (so always at least one): what a connection's send
+/// queue can take at once, so that a login with a large backlog never holds it all in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TakeLimit {
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+impl TakeLimit {
+    /// Whether a take that handed out `taken` with `bytes` of content may have left more.
+    pub fn reached(&self, taken: usize, bytes: usize) -> bool {
+        taken >= self.rows || bytes >= self.bytes
+    }
 }
 
 /// The verdict on a presented token against the stored one (None: no record).

@@ -2,7 +2,7 @@
 //! Batches go in multi-row inserts, one transaction each; values are always bound parameters.
 //! The connection is opened lazily and reopened after an error.
 
-use super::{MessageStore, StoreError};
+use super::{MessageStore, StoreError, TakeLimit};
 use crate::config::Config;
 use crate::model::{MessageId, PendingMessage, StoredMessage, Uid};
 use mysql::prelude::Queryable;
@@ -129,7 +129,7 @@ impl MessageStore for MysqlStore {
     fn take_pending(
         &mut self,
         uid: Uid,
-        limit: usize,
+        limit: TakeLimit,
         now: u64,
     ) -> Result<Vec<PendingMessage>, StoreError> {
         self.with(|conn| {
@@ -142,21 +142,30 @@ impl MessageStore for MysqlStore {
                 return Ok(Vec::new());
             }
             let mut tx = conn.start_transaction(TxOpts::default())?;
-            let taken: Vec<PendingMessage> = tx.exec_map(
+            let mut taken: Vec<PendingMessage> = Vec::new();
+            let mut bytes = 0;
+            // Rows past the byte limit are read off the wire and dropped, not kept.
+            let rows = tx.exec_iter(
                 "SELECT id, uid, to_uid, type, content, create_time FROM chat
                  WHERE to_uid = ? AND state = 0 ORDER BY id LIMIT ? FOR UPDATE",
-                (uid.0, limit as u64),
-                |(id, from, to, kind, content, time): (u64, u64, u64, String, String, u64)| {
-                    PendingMessage {
-                        id: MessageId(id),
-                        from: Uid(from),
-                        to: Uid(to),
-                        kind,
-                        content,
-                        time,
-                    }
-                },
+                (uid.0, limit.rows as u64),
             )?;
+            for row in rows {
+                if bytes >= limit.bytes {
+                    continue;
+                }
+                let (id, from, to, kind, content, time): (u64, u64, u64, String, String, u64) =
+                    mysql::from_row_opt(row?).map_err(|e| mysql::Error::FromRowError(e.0))?;
+                bytes += content.len();
+                taken.push(PendingMessage {
+                    id: MessageId(id),
+                    from: Uid(from),
+                    to: Uid(to),
+                    kind,
+                    content,
+                    time,
+                });
+            }
             let ids: Vec<MessageId> = taken.iter().map(|m| m.id).collect();
             set_state(&mut tx, &ids, 1, now)?;
             tx.commit()?;

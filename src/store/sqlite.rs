@@ -5,9 +5,9 @@
 //! delivered message is appended to the table and touches no index page, where an index on
 //! every row made each commit rewrite one index page per recipient.
 
-use super::{verdict, MessageStore, StoreError, TokenStore, TokenVerdict};
+use super::{verdict, MessageStore, StoreError, TakeLimit, TokenStore, TokenVerdict};
 use crate::model::{Credentials, MessageId, PendingMessage, StoredMessage, TokenRecord, Uid};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 use std::time::Duration;
 
@@ -126,7 +126,10 @@ impl TokenStore for SqliteStore {
 
 impl MessageStore for SqliteStore {
     fn insert(&mut self, messages: &[StoredMessage<'_>]) -> Result<(), StoreError> {
-        let tx = self.db.transaction().map_err(store_err)?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(store_err)?;
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -153,7 +156,7 @@ impl MessageStore for SqliteStore {
     fn take_pending(
         &mut self,
         uid: Uid,
-        limit: usize,
+        limit: TakeLimit,
         now: u64,
     ) -> Result<Vec<PendingMessage>, StoreError> {
         // Most logins have nothing waiting: a cached read, no transaction, no file lock.
@@ -167,7 +170,13 @@ impl MessageStore for SqliteStore {
         if any.is_none() {
             return Ok(Vec::new());
         }
-        let tx = self.db.transaction().map_err(store_err)?;
+        // Immediate: the read and the update that marks what was read happen under the write
+        // lock. A deferred transaction that read first could not upgrade once another worker
+        // had written meanwhile (SQLITE_BUSY at once, which the busy timeout does not cover).
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(store_err)?;
         let taken: Vec<PendingMessage> = {
             let mut stmt = tx
                 .prepare_cached(
@@ -176,7 +185,7 @@ impl MessageStore for SqliteStore {
                 )
                 .map_err(store_err)?;
             let rows = stmt
-                .query_map(params![uid.0 as i64, limit as i64], |r| {
+                .query_map(params![uid.0 as i64, limit.rows as i64], |r| {
                     Ok(PendingMessage {
                         id: MessageId(r.get::<_, i64>(0)? as u64),
                         from: Uid(r.get::<_, i64>(1)? as u64),
@@ -187,7 +196,17 @@ impl MessageStore for SqliteStore {
                     })
                 })
                 .map_err(store_err)?;
-            rows.collect::<Result<_, _>>().map_err(store_err)?
+            let mut taken = Vec::new();
+            let mut bytes = 0;
+            for row in rows {
+                let m = row.map_err(store_err)?;
+                bytes += m.content.len();
+                taken.push(m);
+                if bytes >= limit.bytes {
+                    break;
+                }
+            }
+            taken
         };
         set_state(&tx, taken.iter().map(|m| m.id), 1, now)?;
         tx.commit().map_err(store_err)?;
@@ -195,7 +214,10 @@ impl MessageStore for SqliteStore {
     }
 
     fn requeue(&mut self, ids: &[MessageId], now: u64) -> Result<(), StoreError> {
-        let tx = self.db.transaction().map_err(store_err)?;
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(store_err)?;
         set_state(&tx, ids.iter().copied(), 0, now)?;
         tx.commit().map_err(store_err)
     }
@@ -296,11 +318,18 @@ mod tests {
             .expect("insert");
         s.insert(&[msg(3, undelivered)]).expect("retry is harmless");
         let take = |s: &mut SqliteStore| -> Vec<u64> {
-            s.take_pending(Uid(2), 10, 9)
-                .expect("take")
-                .iter()
-                .map(|m| m.id.0)
-                .collect()
+            s.take_pending(
+                Uid(2),
+                TakeLimit {
+                    rows: 10,
+                    bytes: 1 << 20,
+                },
+                9,
+            )
+            .expect("take")
+            .iter()
+            .map(|m| m.id.0)
+            .collect()
         };
         assert_eq!(take(&mut s), vec![1, 3]);
         assert!(take(&mut s).is_empty(), "taken once");
@@ -309,6 +338,38 @@ mod tests {
         // A backup copy made undelivered again (its recipient was cut off) comes back too.
         s.requeue(&[MessageId(2)], 9).expect("requeue");
         assert_eq!(take(&mut s), vec![2]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_take_stops_at_its_byte_limit_and_keeps_the_rest() {
+        let (mut s, dir) = temp_store();
+        let big = format!("\"{}\"", "x".repeat(1000));
+        let rows: Vec<StoredMessage> = (1..=5)
+            .map(|id| StoredMessage {
+                id: MessageId(id),
+                from: Uid(1),
+                to: Uid(2),
+                kind: "chat",
+                delivery: Delivery::Undelivered,
+                content: &big,
+                time: 5,
+            })
+            .collect();
+        s.insert(&rows).expect("insert");
+        let limit = TakeLimit {
+            rows: 10,
+            bytes: 2500,
+        };
+        let ids = |v: Vec<PendingMessage>| v.iter().map(|m| m.id.0).collect::<Vec<_>>();
+        assert_eq!(
+            ids(s.take_pending(Uid(2), limit, 9).expect("take")),
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            ids(s.take_pending(Uid(2), limit, 9).expect("take")),
+            vec![4, 5]
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

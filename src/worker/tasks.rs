@@ -4,7 +4,8 @@
 use crate::config::Config;
 use crate::ids::unix_now;
 use crate::ipc::{
-    ClusterMessage, LoginRefusal, PendingFrame, Reply, Task, TaskFailure, PENDING_PER_LOGIN,
+    ClusterMessage, LoginRefusal, PendingFrame, Reply, Task, TaskFailure, PENDING_BYTES,
+    PENDING_PER_LOGIN,
 };
 use crate::model::{Credentials, StoredMessage, Uid};
 use crate::protocol::frames;
@@ -12,7 +13,7 @@ use crate::store::cluster::ClusterStore;
 use crate::store::mysql::MysqlStore;
 use crate::store::redis::RedisStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{MessageStore, StoreError, TokenStore, TokenVerdict};
+use crate::store::{MessageStore, StoreError, TakeLimit, TokenStore, TokenVerdict};
 
 pub struct Stores {
     tokens: Box<dyn TokenStore>,
@@ -130,11 +131,13 @@ impl Stores {
     /// A message store that is down does not stop a login: its messages come later. Each kept
     /// message goes back as the frame its recipient gets, built here, off the master.
     fn take_pending(&mut self, uid: Uid) -> Reply {
-        match self
-            .messages
-            .take_pending(uid, PENDING_PER_LOGIN, unix_now())
-        {
+        let limit = TakeLimit {
+            rows: PENDING_PER_LOGIN,
+            bytes: PENDING_BYTES,
+        };
+        match self.messages.take_pending(uid, limit, unix_now()) {
             Ok(pending) => Reply::Pending {
+                more: limit.reached(pending.len(), pending.iter().map(|m| m.content.len()).sum()),
                 frames: pending
                     .iter()
                     .map(|m| PendingFrame {
@@ -151,6 +154,7 @@ impl Stores {
                 Reply::Pending {
                     frames: Vec::new(),
                     store_down: true,
+                    more: false,
                 }
             }
         }

@@ -186,8 +186,14 @@ impl<O, S: Spawner> Pool<O, S> {
         id
     }
 
+    #[cfg(test)]
     pub fn take_completions(&mut self) -> Vec<Completion<O>> {
         std::mem::take(&mut self.completions)
+    }
+
+    /// The answers collected since the last call, into `into` (both keep their room).
+    pub fn drain_completions(&mut self, into: &mut Vec<Completion<O>>) {
+        into.append(&mut self.completions);
     }
 
     fn complete(&mut self, id: TaskId, reply: Reply) {

@@ -1,9 +1,11 @@
 //! Logins and kept messages: a login checked by a worker registers its connection (displacing
 //! an older one of the same uid and source), welcomes it, and hands over what was kept for it,
-//! oldest first; what reaches nobody is made undelivered again.
+//! oldest first, a send queue's worth at a time; what reaches nobody is made undelivered
+//! again. While kept messages are on their way to a uid, newer ones join them (`backlog`).
 
+use super::backlog::Next;
 use super::{deliver, Origin, Router};
-use crate::ipc::{LoginRefusal, PendingFrame, Reply, Task, TaskFailure, PENDING_PER_LOGIN};
+use crate::ipc::{LoginRefusal, PendingFrame, Reply, Task, TaskFailure};
 use crate::master::ws::{Outgoing, Sessions};
 use crate::model::{ConnId, Credentials, MessageId, Source, Uid};
 use crate::protocol::{close_code, frames};
@@ -12,9 +14,12 @@ use std::io::{Read, Write};
 use std::time::Instant;
 
 impl Router {
-    /// An upgrade asks to log in: the check goes to the worker slot of its uid.
+    /// An upgrade asks to log in: the check (and the take of what was kept for the uid) goes
+    /// to the worker slot of its uid.
     pub fn login_requested(&mut self, conn: ConnId, login: Credentials) {
-        self.store.login_started(login.uid);
+        // What is batched goes first, so that the check's take sees it.
+        self.submit_store_batches();
+        self.backlogs.take_started(login.uid);
         let origin = Origin::Login {
             conn,
             uid: login.uid,
@@ -33,29 +38,29 @@ impl Router {
         reply: Reply,
         now: Instant,
     ) {
-        let missed = self.store.login_answered(uid);
         if !ws.is_logging_in(conn) {
             // The client left while its login was checked: give back what was taken for it.
             if let Reply::Pending { frames, .. } = reply {
                 self.requeue(uid, frames.iter().map(|f| f.id).collect());
             }
-            return;
+            return self.take_done(uid, true, false);
         }
-        let (frames, store_down) = match reply {
-            Reply::Pending { frames, store_down } => (frames, store_down),
+        let (frames, store_down, more) = match reply {
+            Reply::Pending {
+                frames,
+                store_down,
+                more,
+            } => (frames, store_down, more),
             Reply::Refused(why) => {
                 self.stats.logins_refused += 1;
                 let message = match why {
                     LoginRefusal::Unauthorized => "unauthorized",
                     LoginRefusal::Expired => "expired",
                 };
-                ws.send(
-                    conn,
-                    Outgoing::Frame(frames::login_refused(401, message)),
-                    now,
-                );
+                let frame = frames::login_refused(401, message);
+                ws.send(conn, Outgoing::Frame(frame), now);
                 ws.close(conn, close_code::UNAUTHORIZED, message, now);
-                return;
+                return self.take_done(uid, true, false);
             }
             other => {
                 if let Reply::Failed(why) = other {
@@ -64,13 +69,9 @@ impl Router {
                 self.stats.logins_refused += 1;
                 let frame = frames::login_refused(503, "service unavailable");
                 ws.send(conn, Outgoing::Frame(frame), now);
-                ws.close(
-                    conn,
-                    close_code::TRY_AGAIN_LATER,
-                    "service unavailable",
-                    now,
-                );
-                return;
+                let why = "service unavailable";
+                ws.close(conn, close_code::TRY_AGAIN_LATER, why, now);
+                return self.take_done(uid, true, false);
             }
         };
         let device = ws.device(conn).map(str::to_owned);
@@ -90,24 +91,22 @@ impl Router {
         if clustered {
             // Welcomed once its presence is written (see `welcome`); what is sent to it until
             // then, its kept messages first, waits in its session.
-            self.deliver_pending(ws, uid, Some(conn), frames, now);
             self.actions.push(super::Action::AwaitPresence(conn));
         } else {
             let frame = frames::login_ok(uid, source.as_str(), conn);
             ws.send(conn, Outgoing::Frame(frame), now);
-            self.deliver_pending(ws, uid, Some(conn), frames, now);
         }
-        if missed {
-            self.fetch(uid);
-        }
+        let all_sent = self.deliver_pending(ws, uid, Some(conn), frames, now);
         if store_down {
-            self.store.fetch_later(uid, now);
+            self.store_unreadable(uid, now);
+        } else {
+            self.take_done(uid, all_sent, more);
         }
     }
 
     /// Cluster mode: this connection's presence write has been answered (or failed): its
-    /// login frame goes now, then what waited for it, and what was kept between its login
-    /// check and its presence write is fetched.
+    /// login frame goes now, then what waited for it, and what other nodes kept for it between
+    /// its login check and its presence write is fetched.
     pub fn welcome<S: Read + Write>(&mut self, ws: &mut Sessions<S>, conn: ConnId) {
         let Some((uid, source)) = ws.login(conn) else {
             return;
@@ -119,6 +118,7 @@ impl Router {
 
     /// Kept messages go out oldest first, to the connection that just logged in (`only`) or
     /// to every connection of the uid; those that reach nobody are made undelivered again.
+    /// True if every one went out.
     fn deliver_pending<S: Read + Write>(
         &mut self,
         ws: &mut Sessions<S>,
@@ -126,14 +126,14 @@ impl Router {
         only: Option<ConnId>,
         pending: Vec<PendingFrame>,
         now: Instant,
-    ) {
-        if pending.is_empty() {
-            return;
-        }
-        let more = pending.len() >= PENDING_PER_LOGIN;
-        let total = pending.len();
+    ) -> bool {
         let mut unsent: Vec<MessageId> = Vec::new();
         for p in pending {
+            // Once one did not fit, the later ones wait too, in order.
+            if !unsent.is_empty() {
+                unsent.push(p.id);
+                continue;
+            }
             let (id, frame) = (p.id, Bytes::from(p.frame));
             let entry = || Outgoing::Kept {
                 id,
@@ -149,15 +149,41 @@ impl Router {
                 unsent.push(id);
             }
         }
-        let any_sent = unsent.len() < total;
+        let all_sent = unsent.is_empty();
         self.requeue(uid, unsent);
-        if more && any_sent {
-            self.fetch(uid);
+        all_sent
+    }
+
+    /// A take of `uid`'s kept messages has been handled: take again, wait for a connection to
+    /// catch up, or end its backlog (see `backlog`).
+    fn take_done(&mut self, uid: Uid, all_sent: bool, more: bool) {
+        if !self.registry.is_online(uid) {
+            // What is kept comes at its next login.
+            self.backlogs.forget(uid);
+            return;
+        }
+        if self.backlogs.answered(uid, all_sent, more) == Next::Take {
+            self.submit_fetch(uid);
         }
     }
 
-    /// Asks the store for what is kept for `uid` and not yet delivered.
+    /// The message store could not be read for `uid`: live messages go out again meanwhile,
+    /// and the take is tried again in a while.
+    fn store_unreadable(&mut self, uid: Uid, now: Instant) {
+        self.backlogs.forget(uid);
+        self.store.fetch_later(uid, now);
+    }
+
+    /// Asks the store for what is kept for `uid` and not yet delivered; newer messages wait
+    /// behind it. Messages still batched go first (same worker slot, in order), so the take
+    /// sees them.
     pub(super) fn fetch(&mut self, uid: Uid) {
+        self.backlogs.take_started(uid);
+        self.submit_fetch(uid);
+    }
+
+    fn submit_fetch(&mut self, uid: Uid) {
+        self.submit_store_batches();
         self.task(
             uid.0,
             &Task::FetchPending(uid),
@@ -174,13 +200,37 @@ impl Router {
         now: Instant,
     ) {
         match reply {
-            Reply::Pending { frames, store_down } => {
-                self.deliver_pending(ws, uid, None, frames, now);
+            Reply::Pending {
+                frames,
+                store_down,
+                more,
+            } => {
+                let all_sent = self.deliver_pending(ws, uid, None, frames, now);
                 if store_down {
-                    self.store.fetch_later(uid, now);
+                    self.store_unreadable(uid, now);
+                } else {
+                    self.take_done(uid, all_sent, more);
                 }
             }
-            _ => self.store.fetch_later(uid, now),
+            _ => self.store_unreadable(uid, now),
+        }
+    }
+
+    /// A connection of `uid` that had refused frames (its queue was full) has caught up: what
+    /// waited for it is taken now.
+    pub fn drained(&mut self, uid: Uid) {
+        if self.backlogs.drained(uid) {
+            self.submit_fetch(uid);
+        }
+    }
+
+    /// A message was kept undelivered for `uid`: if a take of its messages is running it may
+    /// have missed it; if `uid` is online, its queues are full: it comes once they drain.
+    pub(super) fn kept_undelivered(&mut self, uid: Uid) {
+        if self.backlogs.holds(uid) {
+            self.backlogs.kept(uid);
+        } else if self.registry.is_online(uid) {
+            self.backlogs.wait_for_drain(uid);
         }
     }
 

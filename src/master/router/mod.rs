@@ -8,6 +8,7 @@
 //! The parts: chats and deliveries (here), logins and kept messages (`login`), pushes
 //! (`push`), and the cluster's routing through Redis (`relay`).
 
+mod backlog;
 mod login;
 mod push;
 mod relay;
@@ -108,6 +109,8 @@ pub struct RouterStats {
     pub pushes: u64,
     /// Messages refused because the store's backlog was full (503).
     pub refused_busy: u64,
+    /// Backup copies of delivered messages not kept because the store's backlog was full.
+    pub backups_skipped: u64,
     /// Messages the store refused to keep (a value it cannot hold).
     pub store_refused: u64,
 }
@@ -120,6 +123,10 @@ pub struct Router {
     relay: Option<relay::Relay>,
     actions: Vec<Action>,
     stats: RouterStats,
+    /// The store's backlog with the workers, as last noted (see `note_in_flight`).
+    in_flight: usize,
+    /// Uids with kept messages on their way to them: newer messages wait behind.
+    backlogs: backlog::Backlogs,
 }
 
 impl Router {
@@ -131,6 +138,8 @@ impl Router {
             relay: clustered.map(relay::Relay::new),
             actions: Vec::new(),
             stats: RouterStats::default(),
+            in_flight: 0,
+            backlogs: backlog::Backlogs::default(),
         }
     }
 
@@ -150,7 +159,12 @@ impl Router {
         self.ids.next_id()
     }
 
-    /// Everything left for the master since the last call.
+    /// Everything left for the master since the last call, into `into` (both keep their room).
+    pub fn drain_actions(&mut self, into: &mut Vec<Action>) {
+        into.append(&mut self.actions);
+    }
+
+    #[cfg(test)]
     pub fn take_actions(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.actions)
     }
@@ -183,13 +197,44 @@ impl Router {
         }
     }
 
-    /// True when a message may be accepted: the store's backlog has room. Counts a refusal.
-    fn admit(&mut self, in_flight: usize) -> bool {
-        let room = self.store.has_room(in_flight);
+    /// The bytes of tasks the workers have not answered yet (the store's backlog in flight).
+    pub fn note_in_flight(&mut self, bytes: usize) {
+        self.in_flight = bytes;
+    }
+
+    /// True when a message to several recipients may be accepted at all: the store's backlog
+    /// has room. Counts a refusal.
+    fn admit(&mut self) -> bool {
+        let room = self.store.has_room(self.in_flight);
         if !room {
             self.stats.refused_busy += 1;
         }
         room
+    }
+
+    /// Keeps a message that reached `reached` (as the store must: undelivered always, a
+    /// delivered one as a backup copy). With the store's backlog full, a backup copy is
+    /// skipped (its recipient has it) and False means a message that reached nobody cannot be
+    /// kept: the caller refuses it (503), having delivered nothing.
+    fn keep_or_refuse(&mut self, message: Rc<Message>, reached: bool) -> bool {
+        let delivery = Delivery::from_reached(reached);
+        if !self.store.wants(delivery) {
+            return true;
+        }
+        if self.store.has_room(self.in_flight) {
+            let to = message.to;
+            self.store.keep(message, delivery);
+            if !reached {
+                self.kept_undelivered(to);
+            }
+            return true;
+        }
+        if reached {
+            self.stats.backups_skipped += 1;
+            return true;
+        }
+        self.stats.refused_busy += 1;
+        false
     }
 
     /// A chat from a logged-in client: stamped, its frame written once (content copied as raw
@@ -208,14 +253,7 @@ impl Router {
         in_flight: usize,
         now: Instant,
     ) {
-        if !self.admit(in_flight) {
-            ws.send(
-                conn,
-                Outgoing::Frame(frames::error(503, "busy: try again later")),
-                now,
-            );
-            return;
-        }
+        self.in_flight = in_flight;
         let content = std::str::from_utf8(&text[content]).unwrap_or("null");
         let id = self.ids.next_id();
         let time = unix_now();
@@ -235,14 +273,27 @@ impl Router {
             // node they were sent to.
             return self.relay_chat(conn, message);
         }
-        let delivered = self.deliver_message(ws, &message, now);
-        let delivery = Delivery::from_reached(delivered > 0);
-        ws.send(
-            conn,
-            Outgoing::Frame(frames::ack(id, to, delivery.state())),
-            now,
-        );
-        self.store.keep(message, delivery);
+        let reached = self.deliver_message(ws, &message, now) > 0;
+        self.ack_or_refuse(ws, conn, message, reached, now);
+    }
+
+    /// The sender's answer to its chat: its ack, once the message is kept as it must be; or
+    /// error 503 when it reached nobody and the store's backlog is full.
+    fn ack_or_refuse<S: Read + Write>(
+        &mut self,
+        ws: &mut Sessions<S>,
+        conn: ConnId,
+        message: Rc<Message>,
+        reached: bool,
+        now: Instant,
+    ) {
+        let (id, to) = (message.id, message.to);
+        let frame = if self.keep_or_refuse(message, reached) {
+            frames::ack(id, to, Delivery::from_reached(reached).state())
+        } else {
+            frames::error(503, "busy: try again later")
+        };
+        ws.send(conn, Outgoing::Frame(frame), now);
     }
 
     /// Queues `message` to every connection of its recipient; returns how many took it.
@@ -252,6 +303,10 @@ impl Router {
         message: &Rc<Message>,
         now: Instant,
     ) -> usize {
+        // Older kept messages are on their way to this uid: this one is kept behind them.
+        if self.backlogs.holds(message.to) {
+            return 0;
+        }
         deliver(
             &self.registry,
             ws,
@@ -265,6 +320,10 @@ impl Router {
     pub fn offline(&mut self, conn: ConnId, uid: Uid, source: Source) {
         if self.registry.unregister(uid, source, conn) {
             self.presence(uid, source, conn, false, None);
+        }
+        if !self.registry.is_online(uid) {
+            // What waits is taken at its next login.
+            self.backlogs.forget(uid);
         }
     }
 
@@ -294,7 +353,11 @@ impl Router {
         // The batch above is written first (same slot, in order); a copy already kept as
         // delivered is then marked undelivered again.
         self.submit_store_batches();
+        let any = !requeue.is_empty();
         self.requeue(uid, requeue);
+        if any {
+            self.kept_undelivered(uid);
+        }
     }
 
     /// Marks kept messages that did not reach their recipient undelivered again.

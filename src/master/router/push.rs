@@ -46,6 +46,11 @@ impl PushOutcome {
     }
 }
 
+/// The reply to a push that could not be kept: the store's backlog is full.
+pub fn busy_body() -> String {
+    crate::master::http::error_body(503, "busy: the store is behind, try again later")
+}
+
 /// `{"code":0,"msg":"ok","id":..,"delivered":N,"onLine":0|1}` (no `id` for a kick), written
 /// directly: it answers every push, here or once other nodes have answered.
 pub fn delivered_body(id: Option<MessageId>, delivered: usize) -> String {
@@ -89,12 +94,11 @@ impl Router {
         now: Instant,
     ) -> PushOutcome {
         self.stats.pushes += 1;
+        self.in_flight = in_flight;
         let PushRequest { means, data } = req;
         match means {
-            Means::ToUid(uid) => self.push_to_uids(ws, &[uid], &data, to, in_flight, now),
-            Means::ToUids(uids) if !uids.is_empty() => {
-                self.push_to_uids(ws, &uids, &data, to, in_flight, now)
-            }
+            Means::ToUid(uid) => self.push_to_uids(ws, &[uid], &data, to, now),
+            Means::ToUids(uids) if !uids.is_empty() => self.push_to_uids(ws, &uids, &data, to, now),
             Means::ToUids(_) | Means::Broadcast | Means::ToFds(_) => {
                 let id = self.ids.next_id();
                 let frame = data.frame(id, unix_now()).frame;
@@ -138,17 +142,18 @@ impl Router {
     }
 
     /// Each uid gets its own message (its own id and row): delivered here at once, and in a
-    /// cluster routed through Redis before the reply.
+    /// cluster routed through Redis before the reply. With the store's backlog full, a push
+    /// to one uid is refused (503) only if it reached nobody; a push to several is refused
+    /// before anything is delivered, as its reply cannot say which part was kept.
     fn push_to_uids<S: Read + Write>(
         &mut self,
         ws: &mut Sessions<S>,
         uids: &[Uid],
         data: &PushData<'_>,
         to: ReplyTo,
-        in_flight: usize,
         now: Instant,
     ) -> PushOutcome {
-        if !self.admit(in_flight) {
+        if uids.len() > 1 && !self.admit() {
             return PushOutcome::busy();
         }
         let time_now = unix_now();
@@ -170,11 +175,23 @@ impl Router {
         if self.relay.is_some() {
             return self.relay_push(to, messages);
         }
+        let single = messages.len() == 1;
         let mut delivered = 0;
         for message in messages {
             let n = self.deliver_message(ws, &message, now);
             delivered += n;
-            self.store.keep(message, Delivery::from_reached(n > 0));
+            if single {
+                if !self.keep_or_refuse(message, n > 0) {
+                    return PushOutcome::busy();
+                }
+            } else {
+                // Admitted above as a whole.
+                let to = message.to;
+                self.store.keep(message, Delivery::from_reached(n > 0));
+                if n == 0 {
+                    self.kept_undelivered(to);
+                }
+            }
         }
         PushOutcome::delivered(first, delivered)
     }

@@ -3,7 +3,7 @@
 //! publish to this one comes back in as a `ClusterMessage`. Replies that depend on other nodes
 //! (chat acks, push replies) wait here until the routing answer comes.
 
-use super::push::{delivered_body, online_body, PushOutcome};
+use super::push::{busy_body, delivered_body, online_body, PushOutcome};
 use super::{Action, Origin, ReplyTo, Router};
 use crate::ids::unix_now;
 use crate::ipc::{ClusterMessage, MessageMeta, Reply, Task};
@@ -207,10 +207,7 @@ impl Router {
                     // Redis is down: users of this node still reach each other.
                     _ => self.deliver_message(ws, &message, now) > 0,
                 };
-                let delivery = Delivery::from_reached(reached);
-                let ack = frames::ack(message.id, message.to, delivery.state());
-                ws.send(conn, Outgoing::Frame(ack), now);
-                self.store.keep(message, delivery);
+                self.ack_or_refuse(ws, conn, message, reached, now);
             }
             Waiter::Online { to, mut local } => {
                 let (status, body) = match reply {
@@ -264,12 +261,23 @@ impl Router {
 
     fn finish_push(&mut self, p: PushWaiter) {
         let unroutable = p.failed && p.delivered == 0;
+        let single = p.parts.len() == 1;
+        let mut busy = false;
+        if !unroutable {
+            for (message, reached) in p.parts {
+                if single {
+                    busy = !self.keep_or_refuse(message, reached);
+                } else {
+                    // Admitted as a whole before it was routed.
+                    self.store.keep(message, Delivery::from_reached(reached));
+                }
+            }
+        }
         let (status, body) = if unroutable {
             (503, error_body(503, "cannot route: redis is down"))
+        } else if busy {
+            (503, busy_body())
         } else {
-            for (message, reached) in p.parts {
-                self.store.keep(message, Delivery::from_reached(reached));
-            }
             (200, delivered_body(p.id, p.delivered))
         };
         self.actions.push(Action::Reply {

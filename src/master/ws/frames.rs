@@ -190,7 +190,13 @@ impl Decoder {
                 return Ok(None);
             }
             self.buf.advance(h.header_len);
-            let mut payload = self.buf.split_to(h.payload_len);
+            // A read that holds exactly one frame (the common case) gives its whole buffer
+            // away, which saves splitting it into shared halves.
+            let mut payload = if self.buf.len() == h.payload_len {
+                std::mem::take(&mut self.buf)
+            } else {
+                self.buf.split_to(h.payload_len)
+            };
             unmask(&mut payload, h.mask);
             if let Some(message) = self.frame(h.fin, h.opcode, payload, limits)? {
                 return Ok(Some(message));

@@ -56,6 +56,8 @@ pub enum WsEvent {
         uid: Uid,
         source: Source,
     },
+    /// A logged-in connection whose queue had been full has caught up.
+    Drained { conn: ConnId, uid: Uid },
     /// A slow consumer was cut off: what it never got.
     Undelivered {
         conn: ConnId,
@@ -86,6 +88,10 @@ pub struct Sessions<S> {
     cfg: SessionConfig,
     scratch: Vec<u8>,
     to_flush: Vec<ConnId>,
+    /// The lists being worked through, kept for their room (`to_flush`, `to_read` swap with
+    /// them each turn).
+    flushing: Vec<ConnId>,
+    reading: Vec<ConnId>,
     /// Sessions with input left unread: logged in (nothing is read while a login is checked),
     /// or paused after handing over a chat.
     to_read: Vec<ConnId>,
@@ -102,6 +108,8 @@ impl<S: Read + Write> Sessions<S> {
             scratch: Vec::new(),
             to_flush: Vec::new(),
             to_read: Vec::new(),
+            flushing: Vec::new(),
+            reading: Vec::new(),
             events: Vec::new(),
             stats: WsStats::default(),
             next_conn: 1,
@@ -149,6 +157,11 @@ impl<S: Read + Write> Sessions<S> {
         std::mem::take(&mut self.events)
     }
 
+    /// As `take_events`, into `into` (both keep their room: no allocation per turn).
+    pub fn drain_events(&mut self, into: &mut Vec<WsEvent>) {
+        into.append(&mut self.events);
+    }
+
     pub fn has_events(&self) -> bool {
         !self.events.is_empty()
     }
@@ -175,9 +188,12 @@ impl<S: Read + Write> Sessions<S> {
 
     /// Sessions with input left to read (they logged in, or paused after a chat): read now.
     pub fn read_pending(&mut self, now: Instant) {
-        for conn in std::mem::take(&mut self.to_read) {
+        let mut conns = std::mem::take(&mut self.reading);
+        std::mem::swap(&mut conns, &mut self.to_read);
+        for conn in conns.drain(..) {
             self.on_readable(conn, now);
         }
+        self.reading = conns;
     }
 
     pub fn has_pending_reads(&self) -> bool {
@@ -233,8 +249,10 @@ impl<S: Read + Write> Sessions<S> {
                 continue;
             }
             // What the socket did not take goes when it is writable again.
-            if s.flush().is_err() || s.is_done() {
-                broken.push(*conn);
+            match s.flush(&self.cfg) {
+                Ok(Some(uid)) => self.events.push(WsEvent::Drained { conn: *conn, uid }),
+                Ok(None) if !s.is_done() => {}
+                _ => broken.push(*conn),
             }
         }
         self.stats.frames_out += delivered as u64;
@@ -310,15 +328,23 @@ impl<S: Read + Write> Sessions<S> {
 
     /// Writes what the marked sessions have queued; drops those that are finished or broken.
     pub fn flush(&mut self) {
-        for conn in std::mem::take(&mut self.to_flush) {
+        let mut conns = std::mem::take(&mut self.flushing);
+        std::mem::swap(&mut conns, &mut self.to_flush);
+        for conn in conns.drain(..) {
             let Some(s) = self.sessions.get_mut(&conn) else {
                 continue;
             };
             s.marked = false;
-            if s.flush().is_err() || s.is_done() {
-                self.drop_session(conn);
+            match s.flush(&self.cfg) {
+                Ok(drained) if !s.is_done() => {
+                    if let Some(uid) = drained {
+                        self.events.push(WsEvent::Drained { conn, uid });
+                    }
+                }
+                _ => self.drop_session(conn),
             }
         }
+        self.flushing = conns;
     }
 
     /// The one path that removes a connection.
@@ -402,8 +428,8 @@ impl<S: Read + Write> Sessions<S> {
     /// Gives back the room of a table that held far more connections than it does now.
     pub fn shrink(&mut self) {
         crate::master::memory::shrink_map(&mut self.sessions);
-        if self.to_flush.capacity() > 4096 && self.to_flush.is_empty() {
-            self.to_flush = Vec::new();
+        if self.flushing.capacity() > 4096 {
+            self.flushing = Vec::new();
         }
     }
 }

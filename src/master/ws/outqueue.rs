@@ -12,8 +12,6 @@ use std::rc::Rc;
 
 /// How many queued frames one `writev` may carry.
 const MAX_IOVECS: usize = 64;
-/// A ring that grew past this during a burst is given back once it drains.
-const KEEP_CAPACITY: usize = 8;
 
 /// One frame to write, and what it carries.
 #[derive(Debug, Clone)]
@@ -110,7 +108,8 @@ impl OutQueue {
                 Err(e) => return Err(e),
             }
         }
-        if self.rest.capacity() > KEEP_CAPACITY {
+        // An idle connection keeps no ring: the room behind the head is given back.
+        if self.rest.capacity() > 0 {
             self.rest = VecDeque::new();
         }
         Ok(true)

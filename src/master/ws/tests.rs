@@ -13,6 +13,7 @@ pub(super) fn kinds(events: &[WsEvent]) -> Vec<&'static str> {
             WsEvent::Chat { .. } => "Chat",
             WsEvent::Offline { .. } => "Offline",
             WsEvent::Undelivered { .. } => "Undelivered",
+            WsEvent::Drained { .. } => "Drained",
             WsEvent::Closed { .. } => "Closed",
         })
         .collect()
@@ -465,4 +466,24 @@ fn a_chat_read_with_the_client_s_close_frame_is_still_reported() {
         frames.iter().map(close_code).collect::<Vec<_>>(),
         [Some(1000)]
     );
+}
+
+#[test]
+fn a_connection_that_catches_up_after_its_queue_was_full_is_reported_drained() {
+    let t0 = Instant::now();
+    let mut ws = mock::sessions();
+    let (conn, stream) = mock::open(&mut ws, 7, t0);
+    stream.set_room(Some(0));
+    let big = Outgoing::Frame(crate::protocol::frames::text(&vec![b'x'; 400 * 1024]));
+    assert!(ws.send(conn, big.clone(), t0) && ws.send(conn, big.clone(), t0));
+    assert!(!ws.send(conn, big, t0), "over the send buffer");
+    ws.flush();
+    assert!(ws.take_events().is_empty(), "still full");
+    stream.set_room(None);
+    ws.on_writable(conn);
+    ws.flush();
+    assert_eq!(kinds(&ws.take_events()), ["Drained"]);
+    ws.on_writable(conn);
+    ws.flush();
+    assert!(ws.take_events().is_empty(), "once");
 }

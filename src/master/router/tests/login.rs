@@ -111,3 +111,60 @@ fn a_slow_consumer_s_unsent_messages_are_kept_undelivered_then_requeued() {
     t.r.undelivered(Uid(9), entries());
     assert!(t.actions().is_empty() && t.r.store().is_idle());
 }
+
+#[test]
+fn kept_messages_that_do_not_fit_come_once_the_connection_has_caught_up() {
+    let mut t = T::new(false, LIMIT);
+    let c = t.arrive(9, "app", None);
+    let room = t.ws.config().send_buffer;
+    let big = |id| kept(id, &format!("\"{}\"", "x".repeat(room / 3)));
+    t.answer(&c, pending(vec![big(1), big(2), big(3), big(4)]));
+    assert_eq!(t.got(&c).len(), 3, "the login frame and the two that fit");
+    assert_eq!(requeued(&t.actions()), [[3, 4]]);
+    // Nothing asked yet: the queue is still full.
+    t.r.drained(Uid(8));
+    assert!(t.actions().is_empty());
+    t.r.drained(Uid(9));
+    assert_eq!(names(&t.actions()), ["FetchPending"]);
+    t.r.drained(Uid(9));
+    assert!(t.actions().is_empty(), "once per wait");
+}
+
+#[test]
+fn a_message_for_a_uid_whose_kept_messages_are_on_their_way_waits_behind_them() {
+    let mut t = T::new(false, LIMIT);
+    let (s7, c9) = (t.online(7, "app"), t.online(9, "app"));
+    // Its kept messages are being taken.
+    t.r.fetch(Uid(9));
+    assert_eq!(names(&t.actions()), ["FetchPending"]);
+    let room = t.ws.config().send_buffer;
+    let big = |id| kept(id, &format!("\"{}\"", "x".repeat(room * 3 / 5)));
+    t.r.fetch_answered(&mut t.ws, Uid(9), pending(vec![big(1), big(2)]), t.now);
+    assert_eq!(requeued(&t.actions()), [[2]], "the second did not fit");
+    t.got(&c9);
+    // Meanwhile a chat to 9 is kept behind them, not sent live.
+    t.chat(&s7, 9, "3", 0);
+    let got = t.got(&c9);
+    assert!(
+        got.is_empty(),
+        "{:?}",
+        got.iter().map(|g| g["id"].clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(t.got(&s7)[0]["state"], 0);
+    assert_eq!(t.kept().len(), 1);
+    t.r.drained(Uid(9));
+    assert_eq!(names(&t.actions()), ["FetchPending"]);
+    // The take brings 2 and 3, in order; the backlog ends and live messages flow again.
+    let three = kept(3, "3");
+    t.r.fetch_answered(&mut t.ws, Uid(9), pending(vec![big(2), three]), t.now);
+    assert_eq!(
+        t.got(&c9)
+            .iter()
+            .map(|m| m["id"].clone())
+            .collect::<Vec<_>>(),
+        [json!("2"), json!("3")]
+    );
+    assert!(t.actions().is_empty(), "nothing missed, nothing more");
+    t.chat(&s7, 9, "4", 0);
+    assert_eq!(t.got(&c9).len(), 1, "live again");
+}

@@ -82,7 +82,7 @@ fn online_lists_the_sources_and_kick_closes_every_connection_with_4003() {
 }
 
 #[test]
-fn a_full_store_backlog_refuses_chats_and_pushes_with_503() {
+fn a_full_store_backlog_refuses_what_it_cannot_keep_and_lets_live_traffic_through() {
     let (id, time) = (IdGenerator::new(1).next_id(), crate::ids::unix_now());
     let (frame, _) = frames::message(id, "text", Uid(7), Uid(9), time, 1, "1");
     let full = 4 * frame.len();
@@ -93,24 +93,36 @@ fn a_full_store_backlog_refuses_chats_and_pushes_with_503() {
     }
     assert_eq!((t.got(&s7).len(), t.got(&s9).len()), (4, 4));
     assert!(!t.r.store().has_room(0));
+    // Full: a message that reaches its recipient goes through, without its backup copy.
+    t.chat(&s7, 9, "1", 0);
+    assert_eq!(t.got(&s9).len(), 1);
+    assert_eq!(t.got(&s7)[0]["state"], 1, "acked as delivered");
+    assert_eq!(t.r.stats().backups_skipped, 1);
+    let to_9 = r#"{"sk":"k","means":"to_uid","data":{"to_uid":"9"}}"#;
+    assert_eq!(now_reply(t.push(to_9, 0)).0, 200);
+    assert_eq!(t.got(&s9).len(), 1);
+    assert_eq!(t.r.stats().backups_skipped, 2);
+    // One that reaches nobody cannot be kept: refused, nothing delivered or kept.
     let busy = [json!({"type":"error","code":503,"message":"busy: try again later"})];
     let msg = "busy: the store is behind, try again later";
     let busy_push = (503, json!({"code":503,"msg":msg}));
-    let to_9 = r#"{"sk":"k","means":"to_uid","data":{"to_uid":"9"}}"#;
-    t.chat(&s7, 9, "1", 0);
+    t.chat(&s7, 10, "1", 0);
     assert_eq!(t.got(&s7), busy);
-    assert_eq!(now_reply(t.push(to_9, 0)), busy_push);
+    let to_10 = r#"{"sk":"k","means":"to_uid","data":{"to_uid":"10"}}"#;
+    assert_eq!(now_reply(t.push(to_10, 0)), busy_push);
+    // A push to several is refused as a whole, before anything is delivered.
+    let to_both = r#"{"sk":"k","means":"to_uids","data":{"to_uids":["9","10"]}}"#;
+    assert_eq!(now_reply(t.push(to_both, 0)), busy_push);
     assert!(t.got(&s9).is_empty());
-    assert_eq!(t.r.stats().refused_busy, 2);
-    assert_eq!(t.kept().len(), 4, "only what was accepted");
+    assert_eq!(t.r.stats().refused_busy, 3);
+    assert_eq!(t.kept().len(), 4, "only the first four were kept");
     // Handed to the pool: the bytes in flight count there.
-    t.chat(&s7, 9, "1", full);
+    assert!(t.r.store().has_room(0));
+    t.chat(&s7, 10, "1", full);
     assert_eq!(t.got(&s7), busy);
-    assert_eq!(now_reply(t.push(to_9, full)), busy_push);
-    assert!(t.got(&s9).is_empty() && t.kept().is_empty());
     assert_eq!(t.r.stats().refused_busy, 4);
-    t.chat(&s7, 9, "1", 0);
-    assert_eq!(t.got(&s9).len(), 1, "room again");
+    t.chat(&s7, 10, "1", 0);
+    assert_eq!(t.got(&s7)[0]["state"], 0, "room again: kept for 10");
 }
 
 #[test]

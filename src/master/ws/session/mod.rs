@@ -307,14 +307,24 @@ impl<S: Read + Write> Session<S> {
     }
 
     /// Writes what is queued. Err when the socket is dead.
-    pub fn flush(&mut self) -> io::Result<()> {
+    /// Writes what is queued. Err when the socket is dead. Ok(Some(uid)) when a logged-in
+    /// connection whose queue had been full has caught up (its queue is under half the
+    /// bound again): what was kept for it meanwhile can come now.
+    pub fn flush(&mut self, cfg: &SessionConfig) -> io::Result<Option<Uid>> {
         if let State::LoggingIn {
             hold_upgrade: true, ..
         } = self.state
         {
-            return Ok(());
+            return Ok(None);
         }
-        self.out.write_to(&mut self.stream).map(|_| ())
+        self.out.write_to(&mut self.stream)?;
+        if let State::Open(o) = &mut self.state {
+            if o.full_since.is_some() && self.out.len() <= cfg.send_buffer / 2 {
+                o.full_since = None;
+                return Ok(Some(o.uid));
+            }
+        }
+        Ok(None)
     }
 
     /// True once nothing more will happen on this connection: it can be dropped.
@@ -348,12 +358,12 @@ impl<S: Read + Write> Session<S> {
                 }
             }
             State::Open(o) => {
-                if let Some(since) = o.full_since {
-                    if queued <= cfg.send_buffer / 2 {
-                        o.full_since = None;
-                    } else if now.duration_since(since) >= cfg.slow_consumer {
-                        return Sweep::SlowConsumer;
-                    }
+                // Caught up since is reported (and cleared) by `flush`.
+                let cut = o.full_since.is_some_and(|since| {
+                    queued > cfg.send_buffer / 2 && now.duration_since(since) >= cfg.slow_consumer
+                });
+                if cut {
+                    return Sweep::SlowConsumer;
                 }
                 if now.duration_since(self.last_active) >= cfg.idle {
                     Sweep::Idle

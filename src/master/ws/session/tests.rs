@@ -83,7 +83,7 @@ impl Conn {
 
     /// Flushes; what the client received since the last look.
     fn received(&mut self) -> Vec<u8> {
-        self.s.flush().expect("flush");
+        self.s.flush(&self.cfg).expect("flush");
         self.io.take_written()
     }
 
