@@ -26,10 +26,20 @@ pub struct BadFrame(pub String);
 struct RawClientFrame<'a> {
     #[serde(borrow)]
     to_uid: Option<&'a RawValue>,
+    /// Raw: serde would copy an `Option<Cow<str>>` even when it could borrow.
     #[serde(borrow, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<&'a RawValue>,
     #[serde(borrow)]
     content: Option<&'a RawValue>,
+}
+
+/// A JSON string's text, borrowed unless it has escapes; None for anything else.
+fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    match serde_json::from_str::<&str>(text) {
+        Ok(s) => Some(Cow::Borrowed(s)),
+        Err(_) => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
+    }
 }
 
 /// Frame `type`s a client may send besides ping.
@@ -41,7 +51,11 @@ pub fn parse_client_frame(text: &str) -> Result<ClientRequest<'_>, BadFrame> {
     }
     let frame: RawClientFrame =
         serde_json::from_str(text).map_err(|e| BadFrame(format!("invalid JSON: {e}")))?;
-    let kind = frame.kind.as_deref().unwrap_or("chat");
+    let kind = match frame.kind {
+        Some(raw) => json_str(raw).ok_or_else(|| BadFrame("type must be a string".into()))?,
+        None => Cow::Borrowed("chat"),
+    };
+    let kind = kind.as_ref();
     if kind == "ping" {
         return Ok(ClientRequest::Ping);
     }

@@ -37,6 +37,11 @@ impl FrameBuilder {
             .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     }
 
+    /// The payload written so far, for checking an exact size.
+    pub fn payload_len(&self) -> usize {
+        self.buf.len() - HEADER_ROOM
+    }
+
     /// `s` as a JSON string, quotes and escapes included.
     pub fn push_json_str(&mut self, s: &str) {
         if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
@@ -74,13 +79,28 @@ impl FrameBuilder {
         };
         let start = HEADER_ROOM - header_len;
         self.buf[start..HEADER_ROOM].copy_from_slice(&header[..header_len]);
-        let _ = self.buf.split_to(start);
+        // Moves the start past the unused room: no split, so no shared half to allocate.
+        bytes::Buf::advance(&mut self.buf, start);
         (self.buf.freeze(), header_len)
     }
 
     /// The whole frame, for frames whose layout nobody asks about.
     pub fn into_frame(self) -> Bytes {
         self.finish().0
+    }
+}
+
+/// Decimal digits of `n`.
+pub fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+/// Bytes of `s` written as a JSON string.
+pub fn json_str_len(s: &str) -> usize {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        s.len() + 2
+    } else {
+        serde_json::to_string(s).map_or(s.len() + 2, |j| j.len())
     }
 }
 
@@ -109,8 +129,16 @@ pub fn message(
     state: u8,
     content: &str,
 ) -> (Bytes, Layout) {
-    // The fields around kind and content take about 130 bytes with 19-digit ids.
-    let mut b = FrameBuilder::with_capacity(160 + kind.len() + content.len());
+    // Sized exactly: a buffer with no spare room becomes a frame without another allocation.
+    let size = 66
+        + digits(id.0)
+        + json_str_len(kind)
+        + digits(from.0)
+        + digits(to.0)
+        + digits(time)
+        + digits(u64::from(state))
+        + content.len();
+    let mut b = FrameBuilder::with_capacity(size);
     b.push(b"{\"id\":\"");
     b.push_u64(id.0);
     b.push(b"\",\"type\":");
@@ -130,6 +158,7 @@ pub fn message(
     b.push_str(content);
     let content_end = b.position();
     b.push(b"}");
+    debug_assert_eq!(b.payload_len(), size);
     let (frame, header) = b.finish();
     (
         frame,
@@ -177,7 +206,8 @@ pub fn error(code: u16, message: &str) -> Bytes {
 
 /// `{"type":"ack","id":..,"to_uid":..,"state":..}`
 pub fn ack(id: MessageId, to: Uid, state: u8) -> Bytes {
-    let mut b = FrameBuilder::with_capacity(72);
+    let size = 43 + digits(id.0) + digits(to.0) + digits(u64::from(state));
+    let mut b = FrameBuilder::with_capacity(size);
     b.push(b"{\"type\":\"ack\",\"id\":\"");
     b.push_u64(id.0);
     b.push(b"\",\"to_uid\":\"");
@@ -185,6 +215,7 @@ pub fn ack(id: MessageId, to: Uid, state: u8) -> Bytes {
     b.push(b"\",\"state\":");
     b.push_u64(u64::from(state));
     b.push(b"}");
+    debug_assert_eq!(b.payload_len(), size);
     b.into_frame()
 }
 
@@ -246,6 +277,27 @@ mod tests {
         assert_eq!(&frame[layout.content], long.as_bytes());
         assert_eq!(&frame[layout.kind], br#"a\"b"#);
         assert_eq!(json(&frame)["type"], "a\"b");
+    }
+
+    #[test]
+    fn sizes_are_exact() {
+        assert_eq!(
+            (digits(0), digits(9), digits(10), digits(u64::MAX)),
+            (1, 1, 2, 20)
+        );
+        assert_eq!(json_str_len("chat"), 6);
+        assert_eq!(json_str_len("a\"b"), 6);
+        // The debug assertions in the builders check the rest.
+        message(
+            MessageId(u64::MAX),
+            "é\n",
+            Uid(0),
+            Uid(u64::MAX),
+            0,
+            0,
+            "{}",
+        );
+        ack(MessageId(7), Uid(123), 1);
     }
 
     #[test]

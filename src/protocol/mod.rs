@@ -1,4 +1,4 @@
-//! The wire protocol of `docs/protocol.md`, as pure functions and types (no I/O): access tokens
+//! The wire protocol of `docs/PROTOCOL.md`, as pure functions and types (no I/O): access tokens
 //! (here), client frames (`client`), the frames the server sends (`frames`), push requests
 //! (`push`) and their signatures (`signature`).
 

@@ -3,7 +3,7 @@
 //! gets is the pusher's `data` text with `id` (and `time`) spliced in, written straight into
 //! its WebSocket framing; the kept fields are ranges of that frame.
 
-use super::frames::FrameBuilder;
+use super::frames::{digits, FrameBuilder};
 use super::uid_from_raw;
 use crate::model::{ConnId, MessageId, Uid};
 use crate::secret::same_secret;
@@ -264,9 +264,17 @@ impl<'a> PushData<'a> {
     /// replaced in place) and `time` added when absent.
     pub fn frame(&self, id: MessageId, now: u64) -> PushFrame {
         let raw = self.raw.as_ref();
-        let mut b = FrameBuilder::with_capacity(raw.len() + 48);
         // Everything up to the closing brace, with our id in place of the pusher's.
         let body = &raw[..raw.len() - 1];
+        let empty = body[1..].trim().is_empty();
+        // Sized exactly: a buffer with no spare room becomes a frame without another allocation.
+        let id_len = 2 + digits(id.0);
+        let size = match &self.id_value {
+            Some(r) => body.len() - r.len() + id_len,
+            None => body.len() + usize::from(!empty) + 5 + id_len,
+        } + if self.has_time { 0 } else { 8 + digits(now) }
+            + 1;
+        let mut b = FrameBuilder::with_capacity(size);
         let mut shift = 0isize;
         match &self.id_value {
             Some(r) => {
@@ -280,7 +288,6 @@ impl<'a> PushData<'a> {
             }
             None => b.push_str(body),
         }
-        let empty = body[1..].trim().is_empty();
         if self.id_value.is_none() {
             if !empty {
                 b.push(b",");
@@ -294,6 +301,7 @@ impl<'a> PushData<'a> {
             b.push_u64(now);
         }
         b.push(b"}");
+        debug_assert_eq!(b.payload_len(), size);
         let (frame, header) = b.finish();
         let content = self.content.clone().map(|r| {
             let moved = match &self.id_value {
