@@ -30,6 +30,18 @@ pub struct Message {
     pub content: Option<Range<usize>>,
 }
 
+impl Kind {
+    /// A message's `type` by name: the protocol's own names (a client's chat types, `push`)
+    /// need no copy.
+    pub fn from_name(name: &str) -> Kind {
+        let named = crate::protocol::client::CHAT_TYPES.iter().chain(&["push"]);
+        match named.into_iter().find(|k| **k == name) {
+            Some(k) => Kind::Named(k),
+            None => Kind::Owned(name.into()),
+        }
+    }
+}
+
 impl Message {
     pub fn kind(&self) -> &str {
         match &self.kind {

@@ -1,7 +1,7 @@
 //! Text frames from a logged-in client, parsed once and borrowed from the frame's own bytes:
 //! `content` stays raw JSON text all the way to the recipients' frames and the store.
 
-use super::uid_from_raw;
+use super::{str_from_raw as json_str, uid_from_raw};
 use crate::model::Uid;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -31,15 +31,6 @@ struct RawClientFrame<'a> {
     kind: Option<&'a RawValue>,
     #[serde(borrow)]
     content: Option<&'a RawValue>,
-}
-
-/// A JSON string's text, borrowed unless it has escapes; None for anything else.
-fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let text = raw.get();
-    match serde_json::from_str::<&str>(text) {
-        Ok(s) => Some(Cow::Borrowed(s)),
-        Err(_) => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
-    }
 }
 
 /// Frame `type`s a client may send besides ping.

@@ -12,6 +12,7 @@ use crate::model::{Credentials, Source, Uid};
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::fmt;
 
 /// Standard alphabet, padding optional: the URL-safe form is mapped onto it before decoding.
@@ -126,6 +127,15 @@ pub fn uid_from_json(v: &serde_json::Value) -> Option<Uid> {
         serde_json::Value::Number(n) => n.as_u64().map(Uid),
         serde_json::Value::String(s) => parse_uid(s),
         _ => None,
+    }
+}
+
+/// A JSON string's text, borrowed unless it has escapes; None for anything else.
+pub fn str_from_raw(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    match serde_json::from_str::<&str>(text) {
+        Ok(s) => Some(Cow::Borrowed(s)),
+        Err(_) => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
     }
 }
 

@@ -83,11 +83,7 @@ struct Envelope<'a> {
 
 /// A JSON string's text, borrowed when it has no escapes.
 fn json_str(v: Option<&RawValue>) -> Option<Cow<'_, str>> {
-    let text = v?.get();
-    match serde_json::from_str::<&str>(text) {
-        Ok(s) => Some(Cow::Borrowed(s)),
-        Err(_) => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
-    }
+    super::str_from_raw(v?)
 }
 
 /// The fields of `data` the server reads (borrowed, not parsed until needed).

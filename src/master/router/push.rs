@@ -6,7 +6,6 @@ use crate::ids::unix_now;
 use crate::master::message::{Kind, Message};
 use crate::master::ws::{Outgoing, Sessions};
 use crate::model::{Delivery, MessageId, Uid};
-use crate::protocol::client::CHAT_TYPES;
 use crate::protocol::close_code;
 use crate::protocol::push::{Means, PushData, PushRequest};
 use std::fmt::Write as _;
@@ -71,15 +70,6 @@ pub fn delivered_body(id: Option<MessageId>, delivered: usize) -> String {
 pub fn online_body(sources: &[String]) -> String {
     serde_json::json!({"code": 0, "msg": "ok", "onLine": u8::from(!sources.is_empty()), "sources": sources})
         .to_string()
-}
-
-/// A push's `type` as a message kind: the protocol's own names need no copy.
-fn kind_of(data: &PushData<'_>) -> Kind {
-    let kind = data.kind();
-    match CHAT_TYPES.iter().chain(&["push"]).find(|k| **k == kind) {
-        Some(named) => Kind::Named(named),
-        None => Kind::Owned(kind.into()),
-    }
 }
 
 impl Router {
@@ -167,7 +157,7 @@ impl Router {
                 to: uid,
                 time: data.time(time_now),
                 frame: f.frame,
-                kind: kind_of(data),
+                kind: Kind::from_name(data.kind()),
                 content: f.content,
             }));
         }

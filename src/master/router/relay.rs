@@ -11,7 +11,6 @@ use crate::master::http::error_body;
 use crate::master::message::{Kind, Message};
 use crate::master::ws::{Outgoing, Sessions};
 use crate::model::{ConnId, Delivery, MessageId, PresenceChange, Uid};
-use crate::protocol::client::CHAT_TYPES;
 use crate::protocol::{close_code, frames};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -370,14 +369,7 @@ impl Router {
 fn relayed(to: Uid, meta: &MessageMeta<'_>, json: &[u8]) -> Message {
     let frame = frames::text(json);
     let header = frame.len() - json.len();
-    let kind = match CHAT_TYPES
-        .iter()
-        .chain(&["push"])
-        .find(|k| **k == meta.kind)
-    {
-        Some(named) => Kind::Named(named),
-        None => Kind::Owned(meta.kind.as_ref().into()),
-    };
+    let kind = Kind::from_name(&meta.kind);
     let content = meta
         .content
         .map(|(start, len)| header + start as usize..header + (start + len) as usize)
