@@ -8,6 +8,7 @@ pub mod ipc;
 pub mod logging;
 pub mod master;
 pub mod model;
+pub mod net;
 pub mod protocol;
 pub mod secret;
 pub mod status;

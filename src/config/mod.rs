@@ -3,6 +3,7 @@
 
 mod validate;
 
+use crate::net::IpRanges;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::IpAddr;
@@ -116,6 +117,17 @@ pub struct Server {
     /// The address other nodes and applications know this node by (presence keys); empty
     /// means `host`, or 127.0.0.1 when `host` is a wildcard.
     pub advertise_ip: String,
+    /// PEM certificate chain and private key: both set turn on TLS for the WebSocket port
+    /// (`wss://`) and the HTTP API port (`https://`).
+    pub ssl_cert_file: Option<PathBuf>,
+    pub ssl_key_file: Option<PathBuf>,
+    /// Addresses or CIDR ranges of proxies whose `X-Forwarded-For`, `X-Real-IP` or PROXY
+    /// protocol header names the real client; from any other address they are ignored.
+    pub trusted_proxies: Vec<String>,
+    /// Connections from `trusted_proxies` start with a PROXY protocol (v1 or v2) header.
+    pub proxy_protocol: bool,
+    /// Addresses or CIDR ranges that may read `/metrics` without a secret.
+    pub metrics_allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -235,6 +247,11 @@ impl Default for Server {
             access_token_layout: DEFAULT_ACCESS_TOKEN_LAYOUT,
             demo: false,
             advertise_ip: String::new(),
+            ssl_cert_file: None,
+            ssl_key_file: None,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            metrics_allow: vec!["127.0.0.0/8".into(), "::1".into()],
         }
     }
 }
@@ -305,11 +322,12 @@ impl Config {
         })?;
         let mut config = Config::parse(&text, path)?;
         let cwd = std::env::current_dir().unwrap_or_default();
-        for p in [
-            &mut config.server.pid_file,
-            &mut config.server.log_file,
-            &mut config.server.data_dir,
-        ] {
+        let s = &mut config.server;
+        let tls = [s.ssl_cert_file.as_mut(), s.ssl_key_file.as_mut()];
+        for p in [&mut s.pid_file, &mut s.log_file, &mut s.data_dir]
+            .into_iter()
+            .chain(tls.into_iter().flatten())
+        {
             if p.is_relative() {
                 *p = cwd.join(&*p);
             }
@@ -339,6 +357,21 @@ impl Config {
                 .host
                 .parse::<IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// Both TLS files are set (checked by `validate`: both or neither).
+    pub fn tls_enabled(&self) -> bool {
+        self.server.ssl_cert_file.is_some() && self.server.ssl_key_file.is_some()
+    }
+
+    /// The proxies whose headers are believed (validated at load).
+    pub fn trusted_proxies(&self) -> IpRanges {
+        IpRanges::parse(&self.server.trusted_proxies).unwrap_or_default()
+    }
+
+    /// Who may read `/metrics` without a secret (validated at load).
+    pub fn metrics_allow(&self) -> IpRanges {
+        IpRanges::parse(&self.server.metrics_allow).unwrap_or_default()
     }
 
     pub fn cluster_enabled(&self) -> bool {

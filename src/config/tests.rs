@@ -43,3 +43,29 @@ fn bad_values_name_the_key() {
         .to_string();
     assert!(e.contains("server.max_message_size"), "{e}");
 }
+
+#[test]
+fn tls_files_come_in_pairs() {
+    let e = parse("[server]\nssl_cert_file = \"c.pem\"\n").unwrap_err();
+    assert!(e.to_string().contains("server.ssl_key_file"), "{e}");
+    let e = parse("[server]\nssl_key_file = \"k.pem\"\n").unwrap_err();
+    assert!(e.to_string().contains("server.ssl_cert_file"), "{e}");
+    let c = parse("[server]\nssl_cert_file = \"c.pem\"\nssl_key_file = \"k.pem\"\n").unwrap();
+    assert!(c.tls_enabled());
+    assert!(!Config::default().tls_enabled());
+}
+
+#[test]
+fn proxy_lists_are_checked() {
+    let e = parse("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"proxy.local\"]\n").unwrap_err();
+    assert!(e.to_string().contains("server.trusted_proxies[1]"), "{e}");
+    let e = parse("[server]\nmetrics_allow = [\"1.2.3.4/40\"]\n").unwrap_err();
+    assert!(e.to_string().contains("server.metrics_allow[0]"), "{e}");
+    let e = parse("[server]\nproxy_protocol = true\n").unwrap_err();
+    assert!(e.to_string().contains("server.proxy_protocol"), "{e}");
+    let c = parse("[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\nproxy_protocol = true\n").unwrap();
+    assert!(c.trusted_proxies().contains("10.2.3.4".parse().unwrap()));
+    assert!(Config::default()
+        .metrics_allow()
+        .contains("127.0.0.1".parse().unwrap()));
+}

@@ -135,6 +135,36 @@ impl Config {
                 return Err(bad("mysql.timeout_ms", "must be greater than 0".into()));
             }
         }
+        match (&s.ssl_cert_file, &s.ssl_key_file) {
+            (Some(_), None) => {
+                return Err(bad(
+                    "server.ssl_key_file",
+                    "must be set with server.ssl_cert_file (both or neither)".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "server.ssl_cert_file",
+                    "must be set with server.ssl_key_file (both or neither)".into(),
+                ))
+            }
+            _ => {}
+        }
+        for (key, list) in [
+            ("server.trusted_proxies", &s.trusted_proxies),
+            ("server.metrics_allow", &s.metrics_allow),
+        ] {
+            if let Err(e) = IpRanges::parse(list) {
+                return Err(bad(&format!("{key}[{}]", e.index), e.to_string()));
+            }
+        }
+        if s.proxy_protocol && s.trusted_proxies.is_empty() {
+            return Err(bad(
+                "server.proxy_protocol",
+                "needs server.trusted_proxies: only the proxies listed there may send the header"
+                    .into(),
+            ));
+        }
         for (i, peer) in self.udpsocket_group.iter().enumerate() {
             if peer.ip.parse::<IpAddr>().is_err() {
                 return Err(bad(
