@@ -143,7 +143,12 @@ fn bind() -> wspush::master::Sockets {
     }
     let _ = setsockopt(&udp, sockopt::RcvBuf, &(4 * 1024 * 1024));
     let _ = setsockopt(&udp, sockopt::SndBuf, &(4 * 1024 * 1024));
-    wspush::master::Sockets { ws, http, udp }
+    wspush::master::Sockets {
+        ws,
+        http,
+        udp,
+        tls: None,
+    }
 }
 
 fn config(dir: &Path, sockets: &wspush::master::Sockets, backup: bool) -> wspush::config::Config {

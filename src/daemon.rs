@@ -40,14 +40,22 @@ pub fn start(config_file: &Path, daemonize: Option<bool>) -> i32 {
         );
         return EXIT_FAILED;
     }
+    let tls = match config.load_tls() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("wspush: {e}");
+            return EXIT_CONFIG;
+        }
+    };
     let (limit, max_connections) = raise_open_file_limit(&config);
-    let sockets = match bind(&config) {
+    let mut sockets = match bind(&config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("wspush: {e}");
             return EXIT_FAILED;
         }
     };
+    sockets.tls = tls;
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
@@ -252,5 +260,10 @@ fn bind(config: &Config) -> Result<Sockets, String> {
     // Best effort: a smaller buffer still works, it only drops sooner under a burst.
     let _ = setsockopt(&udp, sockopt::RcvBuf, &UDP_RECEIVE_BUFFER);
     let _ = setsockopt(&udp, sockopt::SndBuf, &UDP_RECEIVE_BUFFER);
-    Ok(Sockets { ws, http, udp })
+    Ok(Sockets {
+        ws,
+        http,
+        udp,
+        tls: None,
+    })
 }

@@ -83,16 +83,18 @@ fn main() {
         }
         Command::Status { config } => wspush::status::status(&config),
         Command::Pid { config } => wspush::status::print_pid(&config),
-        Command::CheckConfig { config } => match wspush::config::Config::load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                0
+        Command::CheckConfig { config } => {
+            match wspush::config::Config::load(&config).and_then(|c| c.load_tls().map(|_| c)) {
+                Ok(_) => {
+                    println!("{}: ok", config.display());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("wspush: {e}");
+                    wspush::daemon::EXIT_CONFIG
+                }
             }
-            Err(e) => {
-                eprintln!("wspush: {e}");
-                wspush::daemon::EXIT_CONFIG
-            }
-        },
+        }
         Command::TaskWorker { slot } => {
             exit_code(&format!("task worker {slot}"), wspush::worker::run())
         }

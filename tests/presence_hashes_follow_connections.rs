@@ -326,6 +326,7 @@ fn a_killed_node_leaves_entries_that_it_clears_when_it_starts_again() {
         udp_port,
         http_port,
         child: None,
+        tls: None,
     }
     .spawn();
     let fresh = second.login(603, "app");

@@ -364,6 +364,28 @@ impl Config {
         self.server.ssl_cert_file.is_some() && self.server.ssl_key_file.is_some()
     }
 
+    /// The certificate and key files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::net::tls::TlsFiles> {
+        Some(crate::net::tls::TlsFiles {
+            cert: self.server.ssl_cert_file.clone()?,
+            key: self.server.ssl_key_file.clone()?,
+        })
+    }
+
+    /// Reads the TLS pair (when configured) as a start-up check: an error names this file,
+    /// the key and the PEM file at fault.
+    pub fn load_tls(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, ConfigError> {
+        let Some(files) = self.tls_files() else {
+            return Ok(None);
+        };
+        files.load().map(Some).map_err(|e| ConfigError {
+            file: self.source_file.clone(),
+            key: Some(e.file_and_key().1.to_string()),
+            line: None,
+            problem: e.to_string(),
+        })
+    }
+
     /// The proxies whose headers are believed (validated at load).
     pub fn trusted_proxies(&self) -> IpRanges {
         IpRanges::parse(&self.server.trusted_proxies).unwrap_or_default()

@@ -29,10 +29,12 @@ pub mod ws;
 
 use crate::config::Config;
 use crate::ipc::{self, IpcError, ToWorker};
-use api::ApiDoor;
+use crate::net::stream::Conn;
+use crate::net::tls::{HandshakeFailure, TlsAcceptor, TlsCounters};
+use api::{ApiDoor, ApiLimits, ProxyTrust};
 use cluster::Cluster;
 use log::{error, info, warn};
-use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll};
 use pool::{Pool, ProcessSpawner};
 use push_gate::PushGate;
@@ -40,9 +42,12 @@ use router::{Origin, Router};
 use std::fmt;
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use token::Token;
 use udp::UdpDoor;
+use ws::admission::Admission;
 use ws::listener::WsListener;
 use ws::{FrameLimits, SessionConfig, Sessions};
 
@@ -51,11 +56,13 @@ const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// How often the sweep runs while a reload is in progress (it drives the reload).
 const RELOAD_SWEEP: Duration = Duration::from_millis(20);
 
-/// The sockets a master serves, bound before it daemonizes so that bind errors reach the shell.
+/// The sockets a master serves, bound before it daemonizes so that bind errors reach the shell,
+/// and the TLS configuration they speak (read before too, for the same reason).
 pub struct Sockets {
     pub ws: TcpListener,
     pub http: TcpListener,
     pub udp: UdpSocket,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Why the master could not start, or stopped on an error: one variant per step.
@@ -93,7 +100,9 @@ pub struct Master {
     config: Config,
     /// None once stopping (the listener is closed).
     ws_listener: Option<WsListener>,
-    ws: Sessions<TcpStream>,
+    ws: Sessions<Conn>,
+    /// Handshakes on both TLS ports, counted together.
+    tls_counters: Rc<TlsCounters>,
     api: ApiDoor,
     /// None once stopping (the socket is closed).
     udp: Option<UdpDoor>,
@@ -115,6 +124,17 @@ pub struct Master {
     ready_notifier: Option<std::os::unix::net::UnixStream>,
     pid_file: Option<PathBuf>,
     work: apply::Work,
+}
+
+/// Who may connect on the WebSocket port: the per-address rate, judged by the real client
+/// behind a trusted proxy.
+pub(crate) fn admission(config: &Config) -> Admission {
+    let s = &config.server;
+    Admission::new(
+        ip_limit::IpLimiter::new(s.connection_rate_per_ip, s.connection_burst_per_ip),
+        config.trusted_proxies(),
+        s.proxy_protocol,
+    )
 }
 
 /// Session limits from the configuration.
@@ -190,16 +210,27 @@ impl Master {
             cluster.as_ref().map(|c| c.node().to_owned()),
         );
         let now = Instant::now();
-        let per_address =
-            ip_limit::IpLimiter::new(s.connection_rate_per_ip, s.connection_burst_per_ip);
+        let tls_counters = Rc::new(TlsCounters::default());
+        let tls = sockets.tls.map(|config| TlsAcceptor {
+            config,
+            counters: tls_counters.clone(),
+        });
         Ok(Master {
-            ws_listener: Some(WsListener::new(sockets.ws, max_connections, per_address)),
-            ws: Sessions::new(session_config(&config)),
+            ws_listener: Some(WsListener::new(sockets.ws, max_connections, tls.clone())),
+            ws: Sessions::new(session_config(&config), admission(&config)),
             api: ApiDoor::new(
                 sockets.http,
-                s.max_message_size,
-                Duration::from_secs(s.http_request_timeout),
+                ApiLimits {
+                    max_body: s.max_message_size,
+                    request_timeout: Duration::from_secs(s.http_request_timeout),
+                },
+                ProxyTrust {
+                    trusted: config.trusted_proxies(),
+                    proxy_protocol: s.proxy_protocol,
+                },
+                tls,
             ),
+            tls_counters,
             udp: Some(UdpDoor::new(sockets.udp, s.max_message_size)),
             gate: PushGate::new(&config),
             router,
@@ -311,6 +342,32 @@ impl Master {
             }
             self.pool.reopen_logs();
             info!("log file reopened");
+            self.reload_tls();
+        }
+    }
+
+    /// SIGHUP: the certificate and key are read again (a renewed certificate). New
+    /// connections get the new pair, open ones keep theirs; a bad pair leaves the old one.
+    fn reload_tls(&mut self) {
+        let Some(files) = self.config.tls_files() else {
+            return;
+        };
+        match files.load() {
+            Ok(config) => {
+                let acceptor = TlsAcceptor {
+                    config,
+                    counters: self.tls_counters.clone(),
+                };
+                if let Some(l) = self.ws_listener.as_mut() {
+                    l.set_tls(Some(acceptor.clone()));
+                }
+                self.api.set_tls(Some(acceptor));
+                info!(
+                    "TLS certificate and key reloaded from {}",
+                    files.cert.display()
+                );
+            }
+            Err(e) => error!("TLS not reloaded, the old certificate stays: {e}"),
         }
     }
 
@@ -318,9 +375,6 @@ impl Master {
         self.next_sweep = now + SWEEP_EVERY;
         self.ws.sweep(now);
         self.api.sweep(now);
-        if let Some(l) = self.ws_listener.as_mut() {
-            l.prune(now);
-        }
         self.gate.prune(now);
         self.router.retry_fetches(now);
         self.router.probe_store(now);
@@ -458,6 +512,15 @@ impl Master {
         Ok(())
     }
 
+    fn tls_stats(&self) -> serde_json::Value {
+        let c = &self.tls_counters;
+        let failures: serde_json::Map<String, serde_json::Value> = HandshakeFailure::ALL
+            .iter()
+            .map(|f| (f.label().to_string(), c.failures(*f).into()))
+            .collect();
+        serde_json::json!({"handshakes": c.handshakes(), "failures": failures})
+    }
+
     fn stats_json(&self) -> String {
         let ws = self.ws.stats();
         let r = self.router.stats();
@@ -492,6 +555,7 @@ impl Master {
             })),
             "workers": self.pool.stats(),
             "worker_pids": self.pool.worker_pids(),
+            "tls": self.config.tls_enabled().then(|| self.tls_stats()),
         })
         .to_string()
     }

@@ -1,6 +1,10 @@
 //! Network plumbing shared by the doors: address ranges, the client's real address behind a
-//! proxy, the PROXY protocol, and TLS.
+//! proxy (HTTP headers or the PROXY protocol), TLS, and the stream that layers them.
 
+pub mod forwarded;
+pub mod proxy_header;
 pub mod ranges;
+pub mod stream;
+pub mod tls;
 
 pub use ranges::IpRanges;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 pub mod cluster;
 pub mod services;
+pub mod tls;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -80,6 +81,8 @@ pub struct Server {
     pub udp_port: u16,
     pub http_port: u16,
     pub child: Option<Child>,
+    /// Set when the server speaks TLS: a client configuration that trusts its certificate.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// Builds a config file; `extra_server` lines go into `[server]`, `extra` after it.
@@ -88,6 +91,7 @@ pub struct ServerBuilder {
     server_lines: Vec<String>,
     extra: String,
     group: Vec<(String, String)>,
+    tls: Option<tls::TestCert>,
 }
 
 impl ServerBuilder {
@@ -97,7 +101,14 @@ impl ServerBuilder {
             server_lines: Vec::new(),
             extra: String::new(),
             group: vec![("127.0.0.1".into(), SECRET.into())],
+            tls: None,
         }
+    }
+
+    /// Serves TLS with `cert` (written into the server's directory as `server.crt/.key`).
+    pub fn tls(mut self, cert: &tls::TestCert) -> Self {
+        self.tls = Some(cert.clone());
+        self
     }
 
     /// One `key = value` line for `[server]`, e.g. `.set("heartbeat_idle_time", "1")`.
@@ -146,6 +157,14 @@ impl ServerBuilder {
              data_dir = \"{d}/data\"\nlog_level = \"debug\"\n",
             d = dir.display()
         );
+        if let Some(cert) = &self.tls {
+            let (crt, key) = cert.write(&dir, "server");
+            text.push_str(&format!(
+                "ssl_cert_file = \"{}\"\nssl_key_file = \"{}\"\n",
+                crt.display(),
+                key.display()
+            ));
+        }
         for line in &self.server_lines {
             text.push_str(line);
             text.push('\n');
@@ -165,6 +184,7 @@ impl ServerBuilder {
             udp_port,
             http_port,
             child: None,
+            tls: self.tls.as_ref().map(|c| c.client.clone()),
         }
     }
 }
@@ -243,8 +263,9 @@ impl Server {
     }
 
     pub fn ws_url(&self, access_token: &str) -> String {
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
         format!(
-            "ws://127.0.0.1:{}/?access_token={access_token}",
+            "{scheme}://127.0.0.1:{}/?access_token={access_token}",
             self.ws_port
         )
     }
@@ -276,7 +297,7 @@ impl Server {
             ("X-Wspush-Timestamp", ts.as_str()),
             ("X-Wspush-Signature", sig.as_str()),
         ];
-        let (status, body) = http_request_opt(self.http_port, "GET", &target, &headers, b"")?;
+        let (status, body) = self.http_opt("GET", &target, &headers, b"")?;
         (status == 200)
             .then(|| serde_json::from_str(&body).ok())
             .flatten()
@@ -320,7 +341,10 @@ impl Server {
         if let Some(d) = device {
             url.push_str(&format!("&token={d}"));
         }
-        Client::connect(&url)
+        match &self.tls {
+            Some(client) => tls::wss_client(&url, client),
+            None => Client::connect(&url),
+        }
     }
 
     pub fn http(
@@ -330,7 +354,25 @@ impl Server {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> (u16, String) {
-        http_request_opt(self.http_port, method, path, headers, body).expect("HTTP answer")
+        self.http_opt(method, path, headers, body)
+            .expect("HTTP answer")
+    }
+
+    /// One request on the HTTP API port (HTTPS when the server speaks TLS); None if nothing
+    /// answers.
+    pub fn http_opt(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Option<(u16, String)> {
+        match &self.tls {
+            Some(client) => {
+                tls::https_request_opt(self.http_port, client, method, path, headers, body)
+            }
+            None => http_request_opt(self.http_port, method, path, headers, body),
+        }
     }
 
     /// Sends one UDP datagram from 127.0.0.1 and returns the reply datagram as JSON.

@@ -11,12 +11,15 @@ pub use crate::master::token::ApiConnId;
 use crate::master::http::{self, json_response, Parsed, Request};
 use crate::master::token::Token;
 use crate::master::ws::{OutQueue, Outgoing};
+use crate::net::stream::{Conn, Transport};
+use crate::net::tls::TlsAcceptor;
+use crate::net::{forwarded, IpRanges};
 use bytes::Bytes;
 use log::warn;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Interest, Registry};
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -27,13 +30,31 @@ const READ_CHUNK: usize = 16 * 1024;
 /// A request for the master to answer.
 pub struct ApiRequest {
     pub conn: ApiConnId,
+    /// The client: behind a trusted proxy, the one the proxy named.
     pub peer: SocketAddr,
+    /// It came through a trusted proxy.
+    pub via_proxy: bool,
     pub request: Request,
 }
 
+/// Bounds on each request.
+pub struct ApiLimits {
+    pub max_body: usize,
+    pub request_timeout: Duration,
+}
+
+/// Which peers are proxies whose word on the client's address is believed.
+pub struct ProxyTrust {
+    pub trusted: IpRanges,
+    /// Their connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
+}
+
 struct ApiConn {
-    stream: TcpStream,
+    stream: Conn,
+    /// The TCP peer; after a PROXY header, the client it named.
     peer: SocketAddr,
+    via_proxy: bool,
     buf: Vec<u8>,
     out: OutQueue,
     /// A request is with the master (or a task worker); the ones behind it wait their turn.
@@ -54,23 +75,38 @@ pub struct ApiDoor {
     next: u64,
     max_body: usize,
     request_timeout: Duration,
+    trust: ProxyTrust,
+    /// Set when the port speaks TLS (`https://`).
+    tls: Option<TlsAcceptor>,
     requests: Vec<ApiRequest>,
     to_flush: Vec<ApiConnId>,
     scratch: Vec<u8>,
 }
 
 impl ApiDoor {
-    pub fn new(listener: TcpListener, max_body: usize, request_timeout: Duration) -> ApiDoor {
+    pub fn new(
+        listener: TcpListener,
+        limits: ApiLimits,
+        trust: ProxyTrust,
+        tls: Option<TlsAcceptor>,
+    ) -> ApiDoor {
         ApiDoor {
             listener: Some(listener),
             conns: HashMap::new(),
             next: 1,
-            max_body,
-            request_timeout,
+            max_body: limits.max_body,
+            request_timeout: limits.request_timeout,
+            trust,
+            tls,
             requests: Vec::new(),
             to_flush: Vec::new(),
             scratch: Vec::new(),
         }
+    }
+
+    /// New connections get this configuration (a renewed certificate); open ones keep theirs.
+    pub fn set_tls(&mut self, tls: Option<TlsAcceptor>) {
+        self.tls = tls;
     }
 
     pub fn listener_mut(&mut self) -> Option<&mut TcpListener> {
@@ -104,11 +140,21 @@ impl ApiDoor {
                 continue;
             }
             let _ = stream.set_nodelay(true);
+            let via_proxy = self.trust.trusted.contains(peer.ip());
+            let proxy_header = via_proxy && self.trust.proxy_protocol;
+            let stream = match Conn::new(stream, peer, proxy_header, self.tls.as_ref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("cannot start TLS for a connection: {e}");
+                    continue;
+                }
+            };
             self.conns.insert(
                 conn,
                 ApiConn {
                     stream,
                     peer,
+                    via_proxy,
                     buf: Vec::new(),
                     out: Default::default(),
                     waiting: false,
@@ -160,6 +206,9 @@ impl ApiDoor {
                     }
                 }
             }
+            if let Some(client) = c.stream.take_proxied_peer() {
+                c.peer = client;
+            }
             let before = c.buf.len();
             self.next_request(conn, now);
             self.mark(conn);
@@ -197,9 +246,14 @@ impl ApiDoor {
                 c.request_started = (!c.buf.is_empty()).then_some(now);
                 c.keep_alive = request.keep_alive;
                 c.waiting = true;
+                let peer = match c.via_proxy {
+                    true => client_behind(&self.trust, c.peer, &request),
+                    false => c.peer,
+                };
                 self.requests.push(ApiRequest {
                     conn,
-                    peer: c.peer,
+                    peer,
+                    via_proxy: c.via_proxy,
                     request,
                 });
             }
@@ -237,14 +291,23 @@ impl ApiDoor {
                 continue;
             };
             c.marked = false;
-            let written = c.out.write_to(&mut c.stream);
+            let written = c
+                .out
+                .write_to(&mut c.stream)
+                .and_then(|_| match c.stream.flush() {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                    other => other,
+                });
             let finished = !c.waiting
                 && c.out.is_empty()
+                && !c.stream.has_pending_output()
                 && (!c.keep_alive || (c.peer_done && c.buf.is_empty()));
             if written.is_err() || finished {
                 // The one path by which a connection goes: dropping it closes the socket,
                 // which also takes it out of the poll.
-                self.conns.remove(&conn);
+                if let Some(mut c) = self.conns.remove(&conn) {
+                    c.stream.finish();
+                }
             }
         }
     }
@@ -294,4 +357,16 @@ impl ApiDoor {
     pub fn shrink(&mut self) {
         crate::master::memory::shrink_map(&mut self.conns);
     }
+}
+
+/// The client a trusted proxy names in the request's headers (each request of a kept-alive
+/// proxy connection may be another client's), or the peer itself.
+fn client_behind(trust: &ProxyTrust, peer: SocketAddr, request: &Request) -> SocketAddr {
+    forwarded::client_behind(
+        peer.ip(),
+        request.header("x-forwarded-for"),
+        request.header("x-real-ip"),
+        &trust.trusted,
+    )
+    .map_or(peer, |ip| SocketAddr::new(ip, 0))
 }

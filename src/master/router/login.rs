@@ -8,9 +8,9 @@ use super::{deliver, Origin, Router};
 use crate::ipc::{LoginRefusal, PendingFrame, Reply, Task, TaskFailure};
 use crate::master::ws::{Outgoing, Sessions};
 use crate::model::{ConnId, Credentials, MessageId, Source, Uid};
+use crate::net::stream::Transport;
 use crate::protocol::{close_code, frames};
 use bytes::Bytes;
-use std::io::{Read, Write};
 use std::time::Instant;
 
 impl Router {
@@ -29,7 +29,7 @@ impl Router {
     }
 
     /// A login check was answered.
-    pub fn login_answered<S: Read + Write>(
+    pub fn login_answered<S: Transport>(
         &mut self,
         ws: &mut Sessions<S>,
         conn: ConnId,
@@ -104,22 +104,32 @@ impl Router {
         }
     }
 
-    /// Cluster mode: this connection's presence write has been answered (or failed): its
-    /// login frame goes now, then what waited for it, and what other nodes kept for it between
-    /// its login check and its presence write is fetched.
-    pub fn welcome<S: Read + Write>(&mut self, ws: &mut Sessions<S>, conn: ConnId) {
-        let Some((uid, source)) = ws.login(conn) else {
+    /// Cluster mode: this connection's presence write has been answered (or failed). What
+    /// other nodes kept for it between its login check and its presence write is fetched; its
+    /// login frame goes once that take is answered, so that a message sent to it after the
+    /// client has its login frame is delivered live, not kept behind that take.
+    pub fn welcome<S: Transport>(&mut self, ws: &mut Sessions<S>, conn: ConnId) {
+        let Some((uid, _)) = ws.login(conn) else {
             return;
         };
-        if ws.welcome(conn, frames::login_ok(uid, source.as_str(), conn)) {
-            self.fetch(uid);
+        self.welcoming.entry(uid).or_default().push(conn);
+        self.fetch(uid);
+    }
+
+    /// The take started at `welcome` was answered: the login frames go, then what it brought
+    /// and what waited meanwhile.
+    fn finish_welcomes<S: Transport>(&mut self, ws: &mut Sessions<S>, uid: Uid) {
+        for conn in self.welcoming.remove(&uid).unwrap_or_default() {
+            if let Some((u, source)) = ws.login(conn) {
+                ws.welcome(conn, frames::login_ok(u, source.as_str(), conn));
+            }
         }
     }
 
     /// Kept messages go out oldest first, to the connection that just logged in (`only`) or
     /// to every connection of the uid; those that reach nobody are made undelivered again.
     /// True if every one went out.
-    fn deliver_pending<S: Read + Write>(
+    fn deliver_pending<S: Transport>(
         &mut self,
         ws: &mut Sessions<S>,
         uid: Uid,
@@ -192,7 +202,7 @@ impl Router {
     }
 
     /// A fetch was answered.
-    pub fn fetch_answered<S: Read + Write>(
+    pub fn fetch_answered<S: Transport>(
         &mut self,
         ws: &mut Sessions<S>,
         uid: Uid,
@@ -214,6 +224,7 @@ impl Router {
             }
             _ => self.store_unreadable(uid, now),
         }
+        self.finish_welcomes(ws, uid);
     }
 
     /// A connection of `uid` that had refused frames (its queue was full) has caught up: what

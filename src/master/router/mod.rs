@@ -24,10 +24,11 @@ use crate::master::registry::Registry;
 use crate::master::store_queue::StoreQueue;
 use crate::master::ws::{Outgoing, Sessions};
 use crate::model::{ConnId, Delivery, MessageId, PresenceChange, Source, Uid};
+use crate::net::stream::Transport;
 use crate::protocol::frames;
 use bytes::Bytes;
 use serde::Serialize;
-use std::io::{Read, Write};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::rc::Rc;
@@ -127,6 +128,8 @@ pub struct Router {
     in_flight: usize,
     /// Uids with kept messages on their way to them: newer messages wait behind.
     backlogs: backlog::Backlogs,
+    /// Cluster mode: connections whose login frame waits for the take started at `welcome`.
+    welcoming: HashMap<Uid, Vec<ConnId>>,
 }
 
 impl Router {
@@ -140,6 +143,7 @@ impl Router {
             stats: RouterStats::default(),
             in_flight: 0,
             backlogs: backlog::Backlogs::default(),
+            welcoming: HashMap::new(),
         }
     }
 
@@ -241,7 +245,7 @@ impl Router {
     /// JSON from the client's own frame) and queued to every connection of `to`; the sender
     /// gets its ack. `in_flight` is the bytes the workers have not answered yet.
     #[allow(clippy::too_many_arguments)]
-    pub fn chat<S: Read + Write>(
+    pub fn chat<S: Transport>(
         &mut self,
         ws: &mut Sessions<S>,
         conn: ConnId,
@@ -279,7 +283,7 @@ impl Router {
 
     /// The sender's answer to its chat: its ack, once the message is kept as it must be; or
     /// error 503 when it reached nobody and the store's backlog is full.
-    fn ack_or_refuse<S: Read + Write>(
+    fn ack_or_refuse<S: Transport>(
         &mut self,
         ws: &mut Sessions<S>,
         conn: ConnId,
@@ -297,7 +301,7 @@ impl Router {
     }
 
     /// Queues `message` to every connection of its recipient; returns how many took it.
-    fn deliver_message<S: Read + Write>(
+    fn deliver_message<S: Transport>(
         &mut self,
         ws: &mut Sessions<S>,
         message: &Rc<Message>,
@@ -391,7 +395,7 @@ impl Router {
 
 /// Queues one entry (made by `entry`, once per connection) to every connection of `uid`;
 /// returns how many took it.
-fn deliver<S: Read + Write>(
+fn deliver<S: Transport>(
     registry: &Registry,
     ws: &mut Sessions<S>,
     uid: Uid,

@@ -6,10 +6,10 @@ use crate::ids::unix_now;
 use crate::master::message::{Kind, Message};
 use crate::master::ws::{Outgoing, Sessions};
 use crate::model::{Delivery, MessageId, Uid};
+use crate::net::stream::Transport;
 use crate::protocol::close_code;
 use crate::protocol::push::{Means, PushData, PushRequest};
 use std::fmt::Write as _;
-use std::io::{Read, Write};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -75,7 +75,7 @@ pub fn online_body(sources: &[String]) -> String {
 impl Router {
     /// Carries out a push. `Now` answers at once; `Later` means the answer depends on other
     /// nodes and comes as an `Action::Reply` to `to`.
-    pub fn push<S: Read + Write>(
+    pub fn push<S: Transport>(
         &mut self,
         ws: &mut Sessions<S>,
         req: PushRequest<'_>,
@@ -135,7 +135,7 @@ impl Router {
     /// cluster routed through Redis before the reply. With the store's backlog full, a push
     /// to one uid is refused (503) only if it reached nobody; a push to several is refused
     /// before anything is delivered, as its reply cannot say which part was kept.
-    fn push_to_uids<S: Read + Write>(
+    fn push_to_uids<S: Transport>(
         &mut self,
         ws: &mut Sessions<S>,
         uids: &[Uid],
@@ -187,7 +187,7 @@ impl Router {
     }
 
     /// Closes every connection of `uid` on this node with 4003.
-    pub(super) fn kick_local<S: Read + Write>(
+    pub(super) fn kick_local<S: Transport>(
         &mut self,
         ws: &mut Sessions<S>,
         uid: Uid,

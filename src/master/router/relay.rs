@@ -11,10 +11,10 @@ use crate::master::http::error_body;
 use crate::master::message::{Kind, Message};
 use crate::master::ws::{Outgoing, Sessions};
 use crate::model::{ConnId, Delivery, MessageId, PresenceChange, Uid};
+use crate::net::stream::Transport;
 use crate::protocol::{close_code, frames};
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -188,7 +188,7 @@ impl Router {
     }
 
     /// A routing task answered: settle what waited for it.
-    pub fn route_answered<S: Read + Write>(
+    pub fn route_answered<S: Transport>(
         &mut self,
         ws: &mut Sessions<S>,
         waiter: WaiterId,
@@ -287,7 +287,7 @@ impl Router {
     }
 
     /// Another node (or this one, through a worker) published to this node.
-    pub fn cluster_message<S: Read + Write>(
+    pub fn cluster_message<S: Transport>(
         &mut self,
         ws: &mut Sessions<S>,
         message: ClusterMessage<'_>,

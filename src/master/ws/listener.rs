@@ -1,12 +1,16 @@
 //! Accepting on the WebSocket port: the connection cap and the per-address rate of new
-//! connections are enforced here, before a session exists.
+//! connections are enforced here, before a session exists (for a client behind a trusted
+//! proxy, the rate waits until the session knows who it is). Each connection's stream gets
+//! its layers here: a PROXY header to read, TLS.
 
+use super::admission::Arrival;
 use super::Sessions;
 use crate::master::http;
-use crate::master::ip_limit::IpLimiter;
 use crate::master::token::Token;
-use log::warn;
-use mio::net::{TcpListener, TcpStream};
+use crate::net::stream::Conn;
+use crate::net::tls::TlsAcceptor;
+use log::{debug, warn};
+use mio::net::TcpListener;
 use mio::{Interest, Registry};
 use std::io::{self, Write};
 use std::time::Instant;
@@ -14,16 +18,16 @@ use std::time::Instant;
 pub struct WsListener {
     listener: TcpListener,
     max_connections: usize,
-    /// New connections per source address.
-    per_address: IpLimiter,
+    /// Set when the port speaks TLS (`wss://`).
+    tls: Option<TlsAcceptor>,
 }
 
 impl WsListener {
-    pub fn new(listener: TcpListener, max_connections: usize, per_address: IpLimiter) -> Self {
+    pub fn new(listener: TcpListener, max_connections: usize, tls: Option<TlsAcceptor>) -> Self {
         WsListener {
             listener,
             max_connections,
-            per_address,
+            tls,
         }
     }
 
@@ -31,8 +35,13 @@ impl WsListener {
         &mut self.listener
     }
 
+    /// New connections get this configuration (a renewed certificate); open ones keep theirs.
+    pub fn set_tls(&mut self, tls: Option<TlsAcceptor>) {
+        self.tls = tls;
+    }
+
     /// Accepts until the backlog is empty; each connection joins `sessions`.
-    pub fn accept(&mut self, sessions: &mut Sessions<TcpStream>, reg: &Registry, now: Instant) {
+    pub fn accept(&mut self, sessions: &mut Sessions<Conn>, reg: &Registry, now: Instant) {
         loop {
             let (mut stream, peer) = match self.listener.accept() {
                 Ok(x) => x,
@@ -49,12 +58,21 @@ impl WsListener {
                 let _ = stream.write(&http::json_response(503, &body, false));
                 continue;
             }
-            if !self.per_address.allow(peer.ip(), now) {
-                sessions.stats_mut().refused_rate_ip += 1;
-                let body = http::error_body(429, "too many new connections from this address");
-                let _ = stream.write(&http::json_response(429, &body, false));
-                continue;
-            }
+            let via_proxy = match sessions.admission_mut().arrive(peer.ip(), now) {
+                Arrival::Refused => {
+                    sessions.stats_mut().refused_rate_ip += 1;
+                    debug!("{}: too many new connections: refused", peer.ip());
+                    // A TLS client could not read a plain answer: it is only closed.
+                    if self.tls.is_none() {
+                        let body =
+                            http::error_body(429, "too many new connections from this address");
+                        let _ = stream.write(&http::json_response(429, &body, false));
+                    }
+                    continue;
+                }
+                Arrival::Direct => None,
+                Arrival::ViaProxy { header } => Some(header),
+            };
             let _ = stream.set_nodelay(true);
             let conn = sessions.next_id();
             let token = Token::Ws(conn).into();
@@ -64,13 +82,12 @@ impl WsListener {
                 warn!("cannot register a connection: {e}");
                 continue;
             }
-            sessions.insert(conn, stream, peer, now);
+            let proxy_header = via_proxy == Some(true);
+            match Conn::new(stream, peer, proxy_header, self.tls.as_ref()) {
+                Ok(c) => sessions.insert_from(conn, c, peer, via_proxy.is_some(), now),
+                Err(e) => warn!("cannot start TLS for a connection: {e}"),
+            }
         }
-    }
-
-    /// Forgets addresses that stopped connecting.
-    pub fn prune(&mut self, now: Instant) {
-        self.per_address.prune(now);
     }
 
     pub fn max_connections(&self) -> usize {

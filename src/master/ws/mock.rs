@@ -174,9 +174,11 @@ pub fn written_json(stream: &MockStream) -> Vec<serde_json::Value> {
 
 /// A session table with the default limits of the configuration.
 pub fn sessions() -> Sessions<MockStream> {
-    Sessions::new(crate::master::session_config(
-        &crate::config::Config::default(),
-    ))
+    let config = crate::config::Config::default();
+    Sessions::new(
+        crate::master::session_config(&config),
+        crate::master::admission(&config),
+    )
 }
 
 /// A connection through its upgrade to the point where its login is being checked; returns its
@@ -212,3 +214,5 @@ pub fn open(ws: &mut Sessions<MockStream>, uid: u64, now: Instant) -> (ConnId, M
     stream.take_written();
     (conn, stream)
 }
+
+impl crate::net::stream::Transport for MockStream {}

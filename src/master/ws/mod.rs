@@ -4,6 +4,7 @@
 //! table what to send or close. Generic over the stream, so that the tests drive it without
 //! sockets.
 
+pub mod admission;
 mod frames;
 pub mod listener;
 #[cfg(test)]
@@ -17,11 +18,12 @@ pub use session::SessionConfig;
 
 use crate::master::http::Request;
 use crate::model::{ConnId, Credentials, Source, Uid};
+use crate::net::stream::Transport;
+use admission::Admission;
 use bytes::Bytes;
 use serde::Serialize;
 use session::{ReadOutcome, Session, Sweep};
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Instant;
@@ -98,10 +100,11 @@ pub struct Sessions<S> {
     events: Vec<WsEvent>,
     stats: WsStats,
     next_conn: u64,
+    admission: Admission,
 }
 
-impl<S: Read + Write> Sessions<S> {
-    pub fn new(cfg: SessionConfig) -> Self {
+impl<S: Transport> Sessions<S> {
+    pub fn new(cfg: SessionConfig, admission: Admission) -> Self {
         Sessions {
             sessions: HashMap::new(),
             cfg,
@@ -113,6 +116,7 @@ impl<S: Read + Write> Sessions<S> {
             events: Vec::new(),
             stats: WsStats::default(),
             next_conn: 1,
+            admission,
         }
     }
 
@@ -143,13 +147,29 @@ impl<S: Read + Write> Sessions<S> {
         id
     }
 
-    /// Takes a new connection under `conn` (from `next_id`).
+    pub fn admission_mut(&mut self) -> &mut Admission {
+        &mut self.admission
+    }
+
+    /// Takes a new connection under `conn` (from `next_id`) from a client at `peer`.
     pub fn insert(&mut self, conn: ConnId, stream: S, peer: SocketAddr, now: Instant) {
+        self.insert_from(conn, stream, peer, false, now);
+    }
+
+    /// As `insert`; `via_proxy`: `peer` is a trusted proxy, and the client it speaks for is
+    /// admitted once its request (or PROXY header) names it.
+    pub fn insert_from(
+        &mut self,
+        conn: ConnId,
+        stream: S,
+        peer: SocketAddr,
+        via_proxy: bool,
+        now: Instant,
+    ) {
         self.stats.accepted += 1;
-        self.sessions.insert(
-            conn,
-            Box::new(Session::new(stream, conn, peer, now, &self.cfg)),
-        );
+        let mut session = Session::new(stream, conn, peer, now, &self.cfg);
+        session.set_via_proxy(via_proxy);
+        self.sessions.insert(conn, Box::new(session));
     }
 
     /// Everything the sessions reported since the last call, in order.
@@ -179,6 +199,7 @@ impl<S: Read + Write> Sessions<S> {
             now,
             &mut self.stats,
             &mut self.events,
+            &mut self.admission,
         );
         if outcome == ReadOutcome::Paused {
             self.to_read.push(conn);
@@ -306,6 +327,12 @@ impl<S: Read + Write> Sessions<S> {
         self.sessions.get(&conn)?.login()
     }
 
+    /// The client's address, and whether it came through a trusted proxy.
+    pub fn client(&self, conn: ConnId) -> Option<(SocketAddr, bool)> {
+        let s = self.sessions.get(&conn)?;
+        Some((s.peer(), s.via_proxy()))
+    }
+
     pub fn device(&self, conn: ConnId) -> Option<&str> {
         self.sessions.get(&conn)?.device()
     }
@@ -350,6 +377,7 @@ impl<S: Read + Write> Sessions<S> {
     /// The one path that removes a connection.
     fn drop_session(&mut self, conn: ConnId) {
         if let Some(mut s) = self.sessions.remove(&conn) {
+            s.finish();
             // A connection dropped while still logged in (its socket broke) leaves too.
             s.close(
                 crate::protocol::close_code::GOING_AWAY,
@@ -363,6 +391,7 @@ impl<S: Read + Write> Sessions<S> {
 
     /// Deadlines, idle connections, held upgrades and slow consumers.
     pub fn sweep(&mut self, now: Instant) {
+        self.admission.prune(now);
         let mut verdicts = Vec::new();
         for (conn, s) in self.sessions.iter_mut() {
             match s.sweep(now, &self.cfg) {

@@ -10,9 +10,10 @@ use crate::config::TokenLayout;
 use crate::master::http;
 use crate::master::rate::{Rate, RateBucket};
 use crate::model::{ConnId, Source, Uid};
+use crate::net::stream::Transport;
 use crate::protocol::close_code;
 use bytes::Bytes;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -112,9 +113,11 @@ pub struct Session<S> {
     device: Option<Box<str>>,
     last_active: Instant,
     pub(super) marked: bool,
+    /// `peer` is a trusted proxy until the client it speaks for is known.
+    via_proxy: bool,
 }
 
-impl<S: Read + Write> Session<S> {
+impl<S: Transport> Session<S> {
     pub fn new(
         stream: S,
         conn: ConnId,
@@ -135,9 +138,20 @@ impl<S: Read + Write> Session<S> {
             device: None,
             last_active: now,
             marked: false,
+            via_proxy: false,
         }
     }
 
+    pub fn set_via_proxy(&mut self, via_proxy: bool) {
+        self.via_proxy = via_proxy;
+    }
+
+    /// It came through a trusted proxy.
+    pub fn via_proxy(&self) -> bool {
+        self.via_proxy
+    }
+
+    /// The client's address (behind a trusted proxy, the one it named).
     pub fn peer(&self) -> SocketAddr {
         self.peer
     }
@@ -315,9 +329,11 @@ impl<S: Read + Write> Session<S> {
             hold_upgrade: true, ..
         } = self.state
         {
-            return Ok(None);
+            // The stream may still owe its own handshake (TLS) all the same.
+            return self.flush_stream().map(|()| None);
         }
         self.out.write_to(&mut self.stream)?;
+        self.flush_stream()?;
         if let State::Open(o) = &mut self.state {
             if o.full_since.is_some() && self.out.len() <= cfg.send_buffer / 2 {
                 o.full_since = None;
@@ -325,6 +341,14 @@ impl<S: Read + Write> Session<S> {
             }
         }
         Ok(None)
+    }
+
+    /// What the stream's own layer (TLS) holds goes out; the socket being full is no error.
+    fn flush_stream(&mut self) -> io::Result<()> {
+        match self.stream.flush() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            other => other,
+        }
     }
 
     /// True once nothing more will happen on this connection: it can be dropped.
@@ -336,6 +360,12 @@ impl<S: Read + Write> Session<S> {
                 ..
             }
         ) && self.out.is_empty()
+            && !self.stream.has_pending_output()
+    }
+
+    /// The connection is being dropped: the stream says goodbye at its own layer.
+    pub fn finish(&mut self) {
+        self.stream.finish();
     }
 
     /// Deadlines, idleness and slow consumers, checked at the sweep's pace.

@@ -3,19 +3,21 @@
 
 use super::{ReadOutcome, Session, SessionConfig, State};
 use crate::master::http::{self, Parsed, Request};
+use crate::master::ws::admission::Admission;
 use crate::master::ws::frames::{self, Decoder, Incoming, Violation};
 use crate::master::ws::outqueue::Outgoing;
 use crate::master::ws::{WsEvent, WsStats};
+use crate::net::stream::Transport;
 use crate::protocol::client::{parse_client_frame, ClientRequest};
 use crate::protocol::{close_code, decode_access_token, frames as out};
 use bytes::Bytes;
-use std::io::{self, Read, Write};
+use std::io;
 use std::time::Instant;
 
 /// A device id longer than this is ignored.
 const MAX_DEVICE_ID: usize = 128;
 
-impl<S: Read + Write> Session<S> {
+impl<S: Transport> Session<S> {
     /// Reads what the socket holds and reports it. `scratch` is the read buffer every session
     /// shares: a session keeps only the bytes of an unfinished frame.
     ///
@@ -29,9 +31,12 @@ impl<S: Read + Write> Session<S> {
         now: Instant,
         stats: &mut WsStats,
         events: &mut Vec<WsEvent>,
+        admission: &mut Admission,
     ) -> ReadOutcome {
         match self.state {
-            State::Handshake { .. } => self.read_handshake(scratch, cfg, now, stats, events),
+            State::Handshake { .. } => {
+                self.read_handshake(scratch, cfg, now, stats, events, admission)
+            }
             State::LoggingIn { .. } => {}
             State::Open(_) | State::Closing { broken: false, .. } => {
                 return self.read_frames(scratch, cfg, now, stats, events)
@@ -64,6 +69,7 @@ impl<S: Read + Write> Session<S> {
         now: Instant,
         stats: &mut WsStats,
         events: &mut Vec<WsEvent>,
+        admission: &mut Admission,
     ) {
         let mut gone = false;
         loop {
@@ -84,6 +90,9 @@ impl<S: Read + Write> Session<S> {
                 break;
             }
         }
+        if let Some(client) = self.stream.take_proxied_peer() {
+            self.peer = client;
+        }
         let State::Handshake { request, .. } = &mut self.state else {
             return;
         };
@@ -93,6 +102,9 @@ impl<S: Read + Write> Session<S> {
             Parsed::Invalid(status, why) => self.reply_and_close(status, why, now),
             Parsed::Complete(req, used) => {
                 let rest = request.split_off(used);
+                if self.via_proxy && !self.admit_client(&req, now, stats, admission) {
+                    return;
+                }
                 if is_upgrade(&req) {
                     self.upgrade(&req, &rest, cfg, now, stats, events);
                 } else {
@@ -106,6 +118,30 @@ impl<S: Read + Write> Session<S> {
                 }
             }
         }
+    }
+
+    /// Behind a trusted proxy: the client the request names (unless a PROXY header did) is
+    /// the one judged by the per-address rate. False when it was refused.
+    fn admit_client(
+        &mut self,
+        req: &Request,
+        now: Instant,
+        stats: &mut WsStats,
+        admission: &mut Admission,
+    ) -> bool {
+        if let Some(ip) = admission.client_behind(self.peer.ip(), req) {
+            self.peer = std::net::SocketAddr::new(ip, 0);
+        }
+        if admission.admit(self.peer.ip(), now) {
+            return true;
+        }
+        stats.refused_rate_ip += 1;
+        log::warn!(
+            "{}: too many new connections from this address (through a proxy): refused",
+            self.peer.ip()
+        );
+        self.reply_and_close(429, "too many new connections from this address", now);
+        false
     }
 
     fn upgrade(

@@ -1,6 +1,7 @@
 //! One connection's state machine, driven directly over a scripted stream.
 
 use super::*;
+use crate::master::ws::admission::Admission;
 use crate::master::ws::mock::{self, server_frames, MockStream};
 use crate::master::ws::tests::{close_code, kinds, text_frame};
 use crate::master::ws::WsStats;
@@ -17,6 +18,7 @@ struct Conn {
     scratch: Vec<u8>,
     stats: WsStats,
     events: Vec<WsEvent>,
+    admission: Admission,
     t0: Instant,
 }
 
@@ -33,6 +35,7 @@ impl Conn {
             scratch: vec![0u8; 64 * 1024],
             stats: WsStats::default(),
             events: Vec::new(),
+            admission: crate::master::admission(&crate::config::Config::default()),
             t0,
         }
     }
@@ -66,8 +69,14 @@ impl Conn {
     fn read(&mut self, bytes: &[u8]) -> Vec<WsEvent> {
         self.io.send(bytes);
         let (scratch, stats, events) = (&mut self.scratch, &mut self.stats, &mut self.events);
-        self.s
-            .on_readable(scratch, &self.cfg, self.t0, stats, events);
+        self.s.on_readable(
+            scratch,
+            &self.cfg,
+            self.t0,
+            stats,
+            events,
+            &mut self.admission,
+        );
         std::mem::take(&mut self.events)
     }
 
