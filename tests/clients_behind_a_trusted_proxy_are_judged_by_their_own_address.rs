@@ -22,7 +22,12 @@ fn strict(tag: &str) -> ServerBuilder {
 /// The status of `GET /` on the WebSocket port, sent after `prefix` (a PROXY header) with
 /// `headers`.
 fn page_status(port: u16, prefix: &[u8], headers: &[(&str, &str)]) -> u16 {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    page_status_from("127.0.0.1", port, prefix, headers)
+}
+
+/// As `page_status`, from the loopback address `source`.
+fn page_status_from(source: &str, port: u16, prefix: &[u8], headers: &[(&str, &str)]) -> u16 {
+    let mut s = connect_from(source, port);
     s.set_read_timeout(Some(WAIT)).expect("timeout");
     let mut req = prefix.to_vec();
     req.extend_from_slice(http_request_head("GET", "/", headers, 0).as_bytes());
@@ -62,7 +67,7 @@ fn many_clients(status_of: impl Fn(usize) -> u16 + Sync) -> usize {
 }
 
 fn client_ip(i: usize) -> String {
-    format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256 + 1)
+    format!("10.{}.{}.{}", i / 62500, (i / 250) % 250, i % 250 + 1)
 }
 
 #[test]
@@ -90,38 +95,46 @@ fn x_forwarded_for_from_a_trusted_proxy_names_the_client() {
 
 #[test]
 fn a_proxy_protocol_header_from_a_trusted_proxy_names_the_client() {
+    // The proxy is 127.0.0.2; the harness itself (127.0.0.1) connects directly.
     let server = strict("pp2-trusted")
-        .set("trusted_proxies", "[\"127.0.0.0/8\"]")
+        .push_peers(&[("127.0.0.1", SECRET), ("192.0.2.201", SECRET)])
+        .set("trusted_proxies", "[\"127.0.0.2\"]")
         .set("proxy_protocol", "true")
         .start();
+    let via_proxy = |prefix: &[u8]| page_status_from("127.0.0.2", server.ws_port, prefix, &[]);
     let admitted = many_clients(|i| {
         let client: SocketAddr = format!("{}:40000", client_ip(i)).parse().expect("addr");
-        page_status(server.ws_port, &proxy_v2(client), &[])
+        via_proxy(&proxy_v2(client))
     });
     assert_eq!(admitted, CLIENTS, "every distinct client admitted");
     let one: SocketAddr = "198.51.100.4:5555".parse().expect("addr");
-    let statuses: Vec<u16> = (0..8)
-        .map(|_| page_status(server.ws_port, &proxy_v2(one), &[]))
-        .collect();
+    let statuses: Vec<u16> = (0..8).map(|_| via_proxy(&proxy_v2(one))).collect();
     assert_eq!(&statuses[..5], [200; 5], "{statuses:?}");
     assert!(statuses[5..].contains(&429), "{statuses:?}");
     // v1 works too; a connection without the header is refused, not guessed at.
     let v1 = b"PROXY TCP4 192.0.2.77 127.0.0.1 1234 9501\r\n";
-    assert_eq!(page_status(server.ws_port, v1, &[]), 200);
-    assert_eq!(page_status(server.ws_port, b"", &[]), 0, "closed without an answer");
-    // The HTTP API port reads it as well: the push door sees the client, not the proxy.
-    let body = json!({"sk": SECRET, "means": "to_uid", "data": {"to_uid": "1", "content": 1}});
-    let body = body.to_string();
-    let mut s = TcpStream::connect(("127.0.0.1", server.http_port)).expect("connect");
-    s.set_read_timeout(Some(WAIT)).expect("timeout");
-    let mut req = proxy_v2("192.0.2.200:1000".parse().expect("addr"));
-    req.extend_from_slice(
-        http_request_head("POST", "/api/push", &[("Connection", "close")], body.len()).as_bytes(),
-    );
-    req.extend_from_slice(body.as_bytes());
-    s.write_all(&req).expect("send");
-    let (status, reply) = read_http_response(&mut s);
-    assert_eq!(status, 403, "192.0.2.200 may not push: {reply}");
+    assert_eq!(via_proxy(v1), 200);
+    assert_eq!(via_proxy(b""), 0, "closed without an answer");
+    // The harness's own direct connections need no header.
+    assert_eq!(page_status(server.ws_port, b"", &[]), 200);
+    // The HTTP API port reads it as well: the push door judges the client, not the proxy.
+    let push_via_proxy = |client: &str| {
+        let body = json!({"sk": SECRET, "means": "to_uid", "data": {"to_uid": "1", "content": 1}});
+        let body = body.to_string();
+        let mut s = connect_from("127.0.0.2", server.http_port);
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        let mut req = proxy_v2(client.parse().expect("addr"));
+        let head = http_request_head("POST", "/api/push", &[("Connection", "close")], body.len());
+        req.extend_from_slice(head.as_bytes());
+        req.extend_from_slice(body.as_bytes());
+        s.write_all(&req).expect("send");
+        read_http_response(&mut s)
+    };
+    let (status, reply) = push_via_proxy("192.0.2.201:1000");
+    assert_eq!(status, 200, "192.0.2.201 may push: {reply}");
+    let (status, reply) = push_via_proxy("192.0.2.200:1000");
+    assert_eq!(status, 401, "192.0.2.200 may not: {reply}");
+    assert!(reply.contains("address not allowed"), "{reply}");
 }
 
 #[test]
@@ -139,7 +152,10 @@ fn forwarding_headers_from_anyone_else_change_nothing() {
         })
         .collect();
     assert_eq!(&statuses[..5], [200; 5], "{statuses:?}");
-    assert!(statuses[5..].contains(&429), "judged as 127.0.0.1: {statuses:?}");
+    assert!(
+        statuses[5..].contains(&429),
+        "judged as 127.0.0.1: {statuses:?}"
+    );
     // A PROXY header from an untrusted peer is not a header: the request is malformed.
     let v1 = b"PROXY TCP4 192.0.2.77 127.0.0.1 1234 9501\r\n";
     let quiet = strict("pp-untrusted").start();

@@ -873,3 +873,28 @@ pub fn assert_offline_chats_delivered(
         );
     }
 }
+
+/// A TCP connection to 127.0.0.1:`port` from the loopback address `source` (127.0.0.2, ...),
+/// so that a test can be another host (a proxy, a stranger).
+pub fn connect_from(source: &str, port: u16) -> TcpStream {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    let local: SocketAddr = format!("{source}:0").parse().expect("source address");
+    let SocketAddr::V4(local) = local else {
+        panic!("an IPv4 source")
+    };
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(local),
+    )
+    .expect("bind source");
+    let remote = SockaddrIn::new(127, 0, 0, 1, port);
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &remote).expect("connect");
+    TcpStream::from(fd)
+}
