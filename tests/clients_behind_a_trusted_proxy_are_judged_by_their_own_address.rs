@@ -7,7 +7,7 @@ use common::*;
 use ppp::v2;
 use serde_json::json;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 const CLIENTS: usize = 3000;
