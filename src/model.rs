@@ -171,6 +171,9 @@ pub struct PresenceChange {
     pub online: bool,
     pub time: u64,
     pub device: Option<String>,
+    /// The client's address (behind a trusted proxy, the one it named), for those who read
+    /// presence; online changes only.
+    pub client: Option<std::net::IpAddr>,
 }
 
 #[cfg(test)]

@@ -146,9 +146,10 @@ fn a_login_writes_both_hashes() {
     let info = wait_client_info(&redis, 501, server.ws_port, &[("app", c.fd)]);
     assert_eq!(
         info["app"].as_object().map(|o| o.len()),
-        Some(4),
-        "time, fd, ip, port: {info}"
+        Some(5),
+        "time, fd, ip, port, client_ip: {info}"
     );
+    assert_eq!(info["app"]["client_ip"], "127.0.0.1", "{info}");
     wait_fd_info(&redis, server.ws_port, c.fd, 501, "app");
     // Nothing else on this node.
     assert_eq!(
@@ -156,6 +157,28 @@ fn a_login_writes_both_hashes() {
         1,
         "one fdInfo field per connection"
     );
+}
+
+#[test]
+fn behind_a_trusted_proxy_the_entry_names_the_real_client() {
+    use tungstenite::client::IntoClientRequest;
+    let redis = RedisServer::start();
+    let server = builder("presence-proxy", &redis)
+        .set("trusted_proxies", "[\"127.0.0.1\"]")
+        .start();
+    server.register(502, "app", "tok502", far_future());
+    let token = wspush::protocol::encode_access_token("tok502", 502, "app");
+    let mut request = server
+        .ws_url(&token)
+        .into_client_request()
+        .expect("request");
+    let forwarded = "198.51.100.23, 127.0.0.1".parse().expect("header value");
+    request.headers_mut().insert("X-Forwarded-For", forwarded);
+    let (ws, _) = tungstenite::connect(request).expect("WebSocket handshake");
+    let mut c = Client { ws, fd: 0 };
+    c.expect_login();
+    let info = wait_client_info(&redis, 502, server.ws_port, &[("app", c.fd)]);
+    assert_eq!(info["app"]["client_ip"], "198.51.100.23", "{info}");
 }
 
 #[test]

@@ -201,7 +201,7 @@ impl Master {
         if inbound.resubscribed {
             // Changes still queued are contained in the rewrite.
             c.forget_queued_presence();
-            self.router.resync();
+            self.router.resync(&self.ws);
         }
         for m in inbound.messages {
             match ClusterMessage::from_json(&m) {

@@ -21,6 +21,7 @@ mod rate;
 pub mod registry;
 mod retry;
 mod router;
+pub(crate) mod security;
 mod signals;
 mod store_queue;
 mod token;

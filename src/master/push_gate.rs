@@ -6,6 +6,7 @@ use crate::config::{canonical_ip as canonical, Config};
 use crate::ids::unix_now;
 use crate::master::http::{self, Request};
 use crate::master::ip_limit::IpLimiter;
+use crate::master::security::security;
 use crate::protocol::push::{parse_push, PushError, PushRequest};
 use crate::protocol::signature::{self, Verifier};
 use crate::secret::same_secret;
@@ -50,6 +51,7 @@ impl PushGate {
         let ok = self.per_address.allow(ip, now);
         if !ok {
             self.refused_rate += 1;
+            security!("{ip}: push refused: over its request rate (429)");
         }
         ok
     }
@@ -61,6 +63,20 @@ impl PushGate {
     /// A datagram from `ip`, authenticated and parsed: signed (`sig:v1:` line) or with its
     /// `sk` inside.
     pub fn open_datagram<'a>(
+        &mut self,
+        datagram: &'a [u8],
+        ip: IpAddr,
+    ) -> Result<PushRequest<'a>, PushError> {
+        let opened = self.open_datagram_quietly(datagram, ip);
+        if let Err(e) = &opened {
+            if e.code == 401 {
+                security!("{ip}: UDP push refused: {}", e.msg);
+            }
+        }
+        opened
+    }
+
+    fn open_datagram_quietly<'a>(
         &mut self,
         datagram: &'a [u8],
         ip: IpAddr,
@@ -103,6 +119,18 @@ impl PushGate {
     /// travelled), or as a plain `sk` (header, query, body). Err(why) for a bad or replayed
     /// signature, or a plain `sk` when signatures are required.
     pub fn presented(&mut self, req: &Request, ip: IpAddr) -> Result<Option<String>, &'static str> {
+        let presented = self.presented_quietly(req, ip);
+        if let Err(why) = presented {
+            security!("{ip}: HTTP {} {} refused: {why}", req.method, req.path);
+        }
+        presented
+    }
+
+    fn presented_quietly(
+        &mut self,
+        req: &Request,
+        ip: IpAddr,
+    ) -> Result<Option<String>, &'static str> {
         let signed = (
             req.header("x-wspush-timestamp"),
             req.header("x-wspush-signature"),
@@ -132,11 +160,15 @@ impl PushGate {
     /// Whether `req` from `ip` is authorized; Err(why) when not.
     pub fn authorize(&mut self, req: &Request, ip: IpAddr) -> Result<(), &'static str> {
         let presented = self.presented(req, ip)?;
-        match (self.secret(ip), presented) {
+        let verdict = match (self.secret(ip), presented) {
             (None, _) => Err("address not allowed"),
             (Some(s), Some(p)) if same_secret(s, &p) => Ok(()),
             _ => Err("wrong sk"),
+        };
+        if let Err(why) = verdict {
+            security!("{ip}: HTTP {} {} refused: {why}", req.method, req.path);
         }
+        verdict
     }
 }
 

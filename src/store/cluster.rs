@@ -188,6 +188,9 @@ impl ClusterStore {
                 if let Some(d) = &c.device {
                     entry["device"] = d.as_str().into();
                 }
+                if let Some(ip) = c.client {
+                    entry["client_ip"] = ip.to_string().into();
+                }
                 let fd_entry = serde_json::json!({"uid": uid, "isServer": false, "source": source, "time": c.time});
                 pipe.cmd("EVAL")
                     .arg(ONLINE)

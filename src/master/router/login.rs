@@ -6,6 +6,7 @@
 use super::backlog::Next;
 use super::{deliver, Origin, Router};
 use crate::ipc::{LoginRefusal, PendingFrame, Reply, Task, TaskFailure};
+use crate::master::security::security;
 use crate::master::ws::{Outgoing, Sessions};
 use crate::model::{ConnId, Credentials, MessageId, Source, Uid};
 use crate::net::stream::Transport;
@@ -57,6 +58,9 @@ impl Router {
                     LoginRefusal::Unauthorized => "unauthorized",
                     LoginRefusal::Expired => "expired",
                 };
+                if let Some((addr, _)) = ws.client(conn) {
+                    security!("{}: login of {uid}/{source} refused: {message}", addr.ip());
+                }
                 let frame = frames::login_refused(401, message);
                 ws.send(conn, Outgoing::Frame(frame), now);
                 ws.close(conn, close_code::UNAUTHORIZED, message, now);
@@ -77,7 +81,7 @@ impl Router {
         let device = ws.device(conn).map(str::to_owned);
         if let Some(old) = self.registry.register(uid, source, conn, device.as_deref()) {
             // Its fdInfo entry goes; the clientInfo entry is already the new one's.
-            self.presence(uid, source, old.conn, false, None);
+            self.presence(uid, source, old.conn, false, None, None);
             if !old.same_device {
                 let frame = frames::login_refused(441, "logged in elsewhere");
                 ws.send(old.conn, Outgoing::Frame(frame), now);
@@ -86,7 +90,8 @@ impl Router {
         }
         let clustered = self.relay.is_some();
         ws.open(conn, uid, source, !clustered, now);
-        self.presence(uid, source, conn, true, device.as_deref());
+        let client = ws.client(conn).map(|(addr, _)| addr.ip());
+        self.presence(uid, source, conn, true, device.as_deref(), client);
         self.stats.logins += 1;
         if clustered {
             // Welcomed once its presence is written (see `welcome`); what is sent to it until

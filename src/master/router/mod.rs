@@ -323,7 +323,7 @@ impl Router {
     /// A logged-in connection left: it leaves the registry (and the cluster's presence).
     pub fn offline(&mut self, conn: ConnId, uid: Uid, source: Source) {
         if self.registry.unregister(uid, source, conn) {
-            self.presence(uid, source, conn, false, None);
+            self.presence(uid, source, conn, false, None, None);
         }
         if !self.registry.is_online(uid) {
             // What waits is taken at its next login.
@@ -379,6 +379,7 @@ impl Router {
         conn: ConnId,
         online: bool,
         device: Option<&str>,
+        client: Option<std::net::IpAddr>,
     ) {
         if self.relay.is_some() {
             self.actions.push(Action::Presence(PresenceChange {
@@ -388,6 +389,7 @@ impl Router {
                 online,
                 time: unix_now(),
                 device: device.map(str::to_owned),
+                client,
             }));
         }
     }

@@ -4,6 +4,7 @@
 use super::Router;
 use crate::ids::unix_now;
 use crate::master::message::{Kind, Message};
+use crate::master::security::security;
 use crate::master::ws::{Outgoing, Sessions};
 use crate::model::{Delivery, MessageId, Uid};
 use crate::net::stream::Transport;
@@ -200,6 +201,9 @@ impl Router {
             .map(|e| e.conn)
             .collect();
         for conn in &targets {
+            if let Some((addr, _)) = ws.client(*conn) {
+                security!("{}: uid {uid} kicked (connection {conn})", addr.ip());
+            }
             ws.close(*conn, close_code::KICKED, "kicked", now);
         }
         targets.len()

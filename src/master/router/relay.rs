@@ -336,7 +336,7 @@ impl Router {
     /// Redis was away (and may have lost everything): this node's presence is rewritten from
     /// the registry, the source of truth for its own connections, and what was kept for its
     /// users meanwhile (the nudges to fetch it were lost with the subscription) is fetched.
-    pub fn resync(&mut self) {
+    pub fn resync<S: Transport>(&mut self, ws: &Sessions<S>) {
         let time = unix_now();
         let changes: Vec<PresenceChange> = self
             .registry
@@ -349,6 +349,7 @@ impl Router {
                     online: true,
                     time,
                     device: e.device.as_deref().map(str::to_owned),
+                    client: ws.client(e.conn).map(|(addr, _)| addr.ip()),
                 })
             })
             .collect();

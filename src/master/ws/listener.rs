@@ -6,10 +6,11 @@
 use super::admission::Arrival;
 use super::Sessions;
 use crate::master::http;
+use crate::master::security::security;
 use crate::master::token::Token;
 use crate::net::stream::Conn;
 use crate::net::tls::TlsAcceptor;
-use log::{debug, warn};
+use log::warn;
 use mio::net::TcpListener;
 use mio::{Interest, Registry};
 use std::io::{self, Write};
@@ -61,7 +62,10 @@ impl WsListener {
             let via_proxy = match sessions.admission_mut().arrive(peer.ip(), now) {
                 Arrival::Refused => {
                     sessions.stats_mut().refused_rate_ip += 1;
-                    debug!("{}: too many new connections: refused", peer.ip());
+                    security!(
+                        "{}: too many new connections from this address: refused",
+                        peer.ip()
+                    );
                     // A TLS client could not read a plain answer: it is only closed.
                     if self.tls.is_none() {
                         let body =

@@ -155,7 +155,7 @@ fn in_a_cluster_an_inbound_message_no_local_connection_takes_is_kept_undelivered
 fn after_redis_returns_presence_is_rewritten_and_kept_messages_fetched() {
     let mut t = T::cluster();
     let (a, b) = (t.online(9, "app"), t.online(9, "web"));
-    t.r.resync();
+    t.r.resync(&t.ws);
     let actions = t.actions();
     assert_eq!(names(&actions), ["Resync", "FetchPending"]);
     let tasks = tasks(&actions);

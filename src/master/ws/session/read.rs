@@ -3,6 +3,7 @@
 
 use super::{ReadOutcome, Session, SessionConfig, State};
 use crate::master::http::{self, Parsed, Request};
+use crate::master::security::security;
 use crate::master::ws::admission::Admission;
 use crate::master::ws::frames::{self, Decoder, Incoming, Violation};
 use crate::master::ws::outqueue::Outgoing;
@@ -136,7 +137,7 @@ impl<S: Transport> Session<S> {
             return true;
         }
         stats.refused_rate_ip += 1;
-        log::warn!(
+        security!(
             "{}: too many new connections from this address (through a proxy): refused",
             self.peer.ip()
         );
@@ -192,6 +193,10 @@ impl<S: Transport> Session<S> {
             }),
             _ => {
                 stats.logins_refused += 1;
+                security!(
+                    "{}: login refused: no access_token, or one that does not decode",
+                    self.peer.ip()
+                );
                 self.push_control(out::login_refused(401, "unauthorized"));
                 self.close(close_code::UNAUTHORIZED, "unauthorized", now, events);
             }
@@ -288,6 +293,11 @@ impl<S: Transport> Session<S> {
         if !within {
             // A short overrun gets a warning; a client that keeps going is cut off.
             if f64::from(o.frames.strikes.max(o.bytes.strikes)) > cfg.frame_rate.burst {
+                security!(
+                    "{}: uid {} closed (1008): it kept sending over its rate limit",
+                    self.peer.ip(),
+                    o.uid
+                );
                 return self.close(close_code::POLICY, "rate limit exceeded", now, events);
             }
             self.send_within(out::error(429, "rate limit exceeded"), cfg, now);
