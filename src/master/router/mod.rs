@@ -6,9 +6,11 @@
 //! sessions' stream, so that its tests run without sockets.
 //!
 //! The parts: chats and deliveries (here), logins and kept messages (`login`), pushes
-//! (`push`), and the cluster's routing through Redis (`relay`).
+//! (`push`), the cluster's routing through Redis (`relay`), and the demo page's tokens
+//! (`demo`).
 
 mod backlog;
+pub mod demo;
 mod login;
 mod push;
 mod relay;
@@ -43,11 +45,6 @@ pub enum Origin {
     },
     FetchPending {
         uid: Uid,
-    },
-    /// A token the demo page asked for: answered on the WebSocket port's connection.
-    DemoLogin {
-        conn: ConnId,
-        body: String,
     },
     /// `POST /api/login`.
     ApiLogin {
@@ -127,6 +124,8 @@ pub struct Router {
     in_flight: usize,
     /// Uids with kept messages on their way to them: newer messages wait behind.
     backlogs: backlog::Backlogs,
+    /// The demo page's tokens, judged here and never by a worker.
+    demo: demo::DemoTokens,
 }
 
 impl Router {
@@ -140,6 +139,7 @@ impl Router {
             stats: RouterStats::default(),
             in_flight: 0,
             backlogs: backlog::Backlogs::default(),
+            demo: demo::DemoTokens::default(),
         }
     }
 
@@ -153,10 +153,6 @@ impl Router {
 
     pub fn store(&self) -> &StoreQueue {
         &self.store
-    }
-
-    pub fn next_id(&mut self) -> MessageId {
-        self.ids.next_id()
     }
 
     /// Everything left for the master since the last call, into `into` (both keep their room).
@@ -176,7 +172,7 @@ impl Router {
         }
     }
 
-    /// Saves a login record (`POST /api/login`, the demo login).
+    /// Saves a login record (`POST /api/login`).
     pub fn save_token(&mut self, record: crate::model::TokenRecord, origin: Origin) {
         self.task(record.uid.0, &Task::SaveToken(record), origin);
     }
@@ -184,6 +180,7 @@ impl Router {
     /// Gives back the room of tables that held far more than they do now.
     pub fn shrink(&mut self) {
         self.registry.shrink();
+        self.demo.shrink();
     }
 
     /// Hands the batched messages to the workers (once per loop turn).

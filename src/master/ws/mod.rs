@@ -310,6 +310,11 @@ impl<S: Read + Write> Sessions<S> {
         self.sessions.get(&conn)?.device()
     }
 
+    /// The address at the other end of `conn`'s socket (a proxy's, if it came through one).
+    pub fn peer(&self, conn: ConnId) -> Option<SocketAddr> {
+        self.sessions.get(&conn).map(|s| s.peer())
+    }
+
     /// Closes `conn` with a WebSocket close code; a logged-in one leaves the registry at once.
     pub fn close(&mut self, conn: ConnId, code: u16, reason: &str, now: Instant) {
         if let Some(s) = self.sessions.get_mut(&conn) {
