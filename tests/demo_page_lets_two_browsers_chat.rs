@@ -1,6 +1,7 @@
 //! The demo page served at `GET /` on the WebSocket port works in a real browser: two headless
 //! Chromium tabs log in through the demo login, see each other online, chat both ways with
-//! delivery acks, and a back-end push over UDP shows up on the page.
+//! delivery acks, and a back-end push over UDP shows up on the page. A third tab whose requests
+//! carry a proxy's header is refused the demo login, and connects with a pasted access token.
 //!
 //! Chromium (Debian's `chromium` package) is driven over the Chrome DevTools Protocol with
 //! tungstenite. A missing browser is a failure, never a skip.
@@ -412,8 +413,48 @@ fn demo_page_lets_two_browsers_chat() {
         &pages,
     );
 
-    // Nothing went wrong on either page.
-    for (name, page) in pages {
+    // Tab C comes as through a proxy: the demo login is refused, and the page says why; an
+    // access token made with /api/login, pasted, connects it.
+    let c = b.open_page("about:blank");
+    b.command(Some(&c), "Network.enable", json!({}));
+    let proxied = json!({"headers": {"X-Forwarded-For": "203.0.113.7"}});
+    b.command(Some(&c), "Network.setExtraHTTPHeaders", proxied);
+    b.command(Some(&c), "Page.navigate", json!({"url": url}));
+    let pages = [("A", a.as_str()), ("B", bb.as_str()), ("C", c.as_str())];
+    b.wait_until(&c, "page C to load the demo page", loaded, &pages);
+    log_in(&mut b, &c, "503");
+    b.wait_until(
+        &c,
+        "page C to show the demo login refused through a proxy",
+        &log_has(".msg-err", &["demo login refused (403)", "proxy"]),
+        &pages,
+    );
+    b.wait_until(
+        &c,
+        "page C's online list to say it is not shown",
+        "document.getElementById('online').textContent.includes('not shown')",
+        &pages,
+    );
+    server.register(503, "app", "pasted-503", far_future());
+    let access = wspush::protocol::encode_access_token("pasted-503", 503, "app");
+    b.fill(&c, "access_token", &access);
+    b.click(&c, "connect");
+    b.wait_until(
+        &c,
+        "page C to be online as 503 with the pasted token",
+        &status_starts_with("online as 503 (app"),
+        &pages,
+    );
+    send_chat(&mut b, &a, "503", "hello C");
+    b.wait_until(
+        &c,
+        "page C to receive \"hello C\" from 501",
+        &log_has(".msg-in", &["501 → 503: hello C"]),
+        &pages,
+    );
+
+    // Nothing went wrong on pages A and B.
+    for (name, page) in &pages[..2] {
         let errors = b.eval(
             page,
             "Array.from(document.querySelectorAll('#log .msg-err')).map((e) => e.textContent)",

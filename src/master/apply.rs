@@ -2,7 +2,7 @@
 //! messages go to the router; the router's tasks go to the pool and its late replies to the
 //! push doors. `settle` repeats until nothing is left, since each step may cause the others.
 
-use super::http::{error_body, json_response};
+use super::http::error_body;
 use super::pool::Completion;
 use super::router::{Action, Origin, PushOutcome, ReplyTo};
 use super::ws::WsEvent;
@@ -71,7 +71,7 @@ impl Master {
 
     fn on_ws_event(&mut self, e: WsEvent, now: Instant) {
         match e {
-            WsEvent::Login { conn, login, .. } => self.router.login_requested(conn, login),
+            WsEvent::Login { conn, login, .. } => self.router.login_requested(conn, login, now),
             WsEvent::Page { conn, request } => self.serve_page(conn, request, now),
             WsEvent::Chat {
                 conn,
@@ -115,13 +115,6 @@ impl Master {
             }
             Origin::FetchPending { uid } => {
                 self.router.fetch_answered(&mut self.ws, uid, reply, now)
-            }
-            Origin::DemoLogin { conn, body } => {
-                let response = match reply {
-                    Reply::Ok => json_response(200, &body, false),
-                    _ => json_response(503, &error_body(503, "store unavailable"), false),
-                };
-                self.ws.respond(conn, &response, now);
             }
             Origin::ApiLogin { conn } => {
                 let (status, body) = match reply {

@@ -101,8 +101,17 @@ pub fn decode_access_token(raw: &str, layout: TokenLayout) -> Result<Credentials
 
 /// The inverse of `decode_access_token` in the default layout, for clients and tests.
 pub fn encode_access_token(token: &str, uid: u64, source: &str) -> String {
+    encode_access_token_as(TokenLayout::TokenUidSource, token, uid, source)
+}
+
+/// The inverse of `decode_access_token` in `layout`.
+pub fn encode_access_token_as(layout: TokenLayout, token: &str, uid: u64, source: &str) -> String {
+    let text = match layout {
+        TokenLayout::TokenUidSource => format!("{token}.{uid}.{source}"),
+        TokenLayout::UidTokenSource => format!("{uid}.{token}.{source}"),
+    };
     base64::engine::general_purpose::STANDARD
-        .encode(format!("{token}.{uid}.{source}"))
+        .encode(text)
         .chars()
         .map(|c| match c {
             '+' => '-',
@@ -203,6 +212,9 @@ mod tests {
         let raw = encode_access_token("5", 0, "x"); // "5.0.x" read as uid.token.source
         let c = decode_access_token(&raw, TokenLayout::UidTokenSource).expect("decodes");
         assert_eq!(c, creds(5, "0", "x"));
+        let raw = encode_access_token_as(TokenLayout::UidTokenSource, "t.k", 7, "app");
+        let c = decode_access_token(&raw, TokenLayout::UidTokenSource).expect("decodes");
+        assert_eq!(c, creds(7, "t.k", "app"));
     }
 
     #[test]

@@ -11,15 +11,16 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::ops::Range;
 
 #[derive(Debug, PartialEq)]
 pub enum Means {
     ToUid(Uid),
-    /// Empty: every online user.
+    /// No uid twice, in the pusher's order. Empty: every online user.
     ToUids(Vec<Uid>),
     Broadcast,
-    /// Empty: every connection of this node.
+    /// No connection twice, in the pusher's order. Empty: every connection of this node.
     ToFds(Vec<ConnId>),
     Online(Uid),
     Kick(Uid),
@@ -196,21 +197,28 @@ fn read_means(means: &str, fields: &DataFields) -> Result<Means, PushError> {
     })
 }
 
-/// A list of uids or connection ids; absent, null or empty means "everyone".
+/// A list of uids or connection ids, each once, in the pusher's order. Empty means "everyone";
+/// absent or null is refused, so that a pusher who forgot the list reaches nobody, not all.
 fn list(value: Option<&RawValue>, key: &str) -> Result<Vec<u64>, PushError> {
     let Some(value) = value.filter(|v| v.get() != "null") else {
-        return Ok(Vec::new());
+        return Err(bad(format!(
+            "missing data.{key}: list the recipients, or send [] for everyone"
+        )));
     };
     let items: Vec<&RawValue> =
         serde_json::from_str(value.get()).map_err(|_| bad(format!("data.{key} must be a list")))?;
-    items
-        .iter()
-        .map(|v| {
-            uid_from_raw(v)
-                .map(|u| u.0)
-                .ok_or_else(|| bad(format!("data.{key} holds a bad entry: {v}")))
-        })
-        .collect()
+    let mut seen = HashSet::with_capacity(items.len());
+    let mut ids = Vec::with_capacity(items.len());
+    for v in items {
+        let id = uid_from_raw(v)
+            .map(|u| u.0)
+            .ok_or_else(|| bad(format!("data.{key} holds a bad entry: {v}")))?;
+        // Listed twice is one recipient: one frame, one count, one stored copy.
+        if seen.insert(id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
 }
 
 /// A push's frame for one recipient, and where its kept fields are in it.

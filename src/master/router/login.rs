@@ -16,8 +16,10 @@ use std::time::Instant;
 
 impl Router {
     /// An upgrade asks to log in: the check (and the take of what was kept for the uid) goes
-    /// to the worker slot of its uid.
-    pub fn login_requested(&mut self, conn: ConnId, login: Credentials) {
+    /// to the worker slot of its uid. A demo token is judged here instead, from the demo table
+    /// alone: the worker is only asked for the take (a fetch carries no token), so the login
+    /// frame and the kept messages come as after any login.
+    pub fn login_requested(&mut self, conn: ConnId, login: Credentials, now: Instant) {
         // What is batched goes first, so that the check's take sees it.
         self.submit_store_batches();
         self.backlogs.take_started(login.uid);
@@ -26,7 +28,21 @@ impl Router {
             uid: login.uid,
             source: login.source,
         };
-        self.task(login.uid.0, &Task::Login(login), origin);
+        if self.demo.accepts(&login, now) {
+            self.task(login.uid.0, &Task::FetchPending(login.uid), origin);
+        } else {
+            self.task(login.uid.0, &Task::Login(login), origin);
+        }
+    }
+
+    /// A token for the demo page's login of (uid, source): kept in the master only.
+    pub fn mint_demo_token(
+        &mut self,
+        uid: Uid,
+        source: Source,
+        now: Instant,
+    ) -> Result<String, super::demo::NoRandomness> {
+        self.demo.mint(uid, source, now)
     }
 
     /// A login check was answered.

@@ -6,9 +6,11 @@
 //! sessions' stream, so that its tests run without sockets.
 //!
 //! The parts: chats and deliveries (here), logins and kept messages (`login`), pushes
-//! (`push`), and the cluster's routing through Redis (`relay`).
+//! (`push`), the cluster's routing through Redis (`relay`), and the demo page's tokens
+//! (`demo`).
 
 mod backlog;
+pub mod demo;
 mod login;
 mod push;
 mod relay;
@@ -44,11 +46,6 @@ pub enum Origin {
     },
     FetchPending {
         uid: Uid,
-    },
-    /// A token the demo page asked for: answered on the WebSocket port's connection.
-    DemoLogin {
-        conn: ConnId,
-        body: String,
     },
     /// `POST /api/login`.
     ApiLogin {
@@ -130,6 +127,8 @@ pub struct Router {
     backlogs: backlog::Backlogs,
     /// Cluster mode: connections whose login frame waits for the take started at `welcome`.
     welcoming: HashMap<Uid, Vec<ConnId>>,
+    /// The demo page's tokens, judged here and never by a worker.
+    demo: demo::DemoTokens,
 }
 
 impl Router {
@@ -144,6 +143,7 @@ impl Router {
             in_flight: 0,
             backlogs: backlog::Backlogs::default(),
             welcoming: HashMap::new(),
+            demo: demo::DemoTokens::default(),
         }
     }
 
@@ -157,10 +157,6 @@ impl Router {
 
     pub fn store(&self) -> &StoreQueue {
         &self.store
-    }
-
-    pub fn next_id(&mut self) -> MessageId {
-        self.ids.next_id()
     }
 
     /// Everything left for the master since the last call, into `into` (both keep their room).
@@ -180,7 +176,7 @@ impl Router {
         }
     }
 
-    /// Saves a login record (`POST /api/login`, the demo login).
+    /// Saves a login record (`POST /api/login`).
     pub fn save_token(&mut self, record: crate::model::TokenRecord, origin: Origin) {
         self.task(record.uid.0, &Task::SaveToken(record), origin);
     }
@@ -188,6 +184,7 @@ impl Router {
     /// Gives back the room of tables that held far more than they do now.
     pub fn shrink(&mut self) {
         self.registry.shrink();
+        self.demo.shrink();
     }
 
     /// Hands the batched messages to the workers (once per loop turn).

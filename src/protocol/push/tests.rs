@@ -147,3 +147,50 @@ fn refusals_have_codes() {
         400
     );
 }
+
+#[test]
+fn a_list_means_without_its_list_is_refused_and_an_empty_list_means_everyone() {
+    for (means, key) in [
+        ("to_uids", "to_uids"),
+        ("to_uid_all", "uid_all"),
+        ("to_fd_all", "fd_all"),
+    ] {
+        for data in [r#"{}"#.to_owned(), format!(r#"{{"{key}":null}}"#)] {
+            let body = format!(r#"{{"sk":"k","means":"{means}","data":{data}}}"#);
+            let err = push(&body).map(|p| p.means).expect_err(&body);
+            assert_eq!(err.code, 400, "{body}");
+            assert!(err.msg.contains(&format!("data.{key}")), "{}", err.msg);
+        }
+        // The other means' key is not this one's.
+        let other = if key == "to_uids" {
+            "uid_all"
+        } else {
+            "to_uids"
+        };
+        let body = format!(r#"{{"sk":"k","means":"{means}","data":{{"{other}":[1]}}}}"#);
+        assert_eq!(push(&body).map(|_| 0).unwrap_or_else(|e| e.code), 400);
+        let body = format!(r#"{{"sk":"k","means":"{means}","data":{{"{key}":[]}}}}"#);
+        let everyone = push(&body).map(|p| p.means).expect(&body);
+        assert!(
+            matches!(everyone, Means::ToUids(ref l) if l.is_empty())
+                || matches!(everyone, Means::ToFds(ref l) if l.is_empty())
+        );
+    }
+}
+
+#[test]
+fn a_recipient_listed_twice_is_one_recipient_in_the_pushers_order() {
+    let m = |b: &str| push(b).map(|p| p.means);
+    assert_eq!(
+        m(r#"{"sk":"k","means":"to_uids","data":{"to_uids":[3,"1",3,"3",1,2]}}"#),
+        Ok(Means::ToUids(vec![Uid(3), Uid(1), Uid(2)]))
+    );
+    assert_eq!(
+        m(r#"{"sk":"k","means":"to_uid_all","data":{"uid_all":["7",7]}}"#),
+        Ok(Means::ToUids(vec![Uid(7)]))
+    );
+    assert_eq!(
+        m(r#"{"sk":"k","means":"to_fd_all","data":{"fd_all":[4,4,"5",4]}}"#),
+        Ok(Means::ToFds(vec![ConnId(4), ConnId(5)]))
+    );
+}

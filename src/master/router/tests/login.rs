@@ -168,3 +168,69 @@ fn a_message_for_a_uid_whose_kept_messages_are_on_their_way_waits_behind_them() 
     t.chat(&s7, 9, "4", 0);
     assert_eq!(t.got(&c9).len(), 1, "live again");
 }
+
+/// An upgrade request whose access token carries `token` for (uid, source).
+fn upgrade_with(token: &str, uid: u64, source: &str) -> Vec<u8> {
+    let access = crate::protocol::encode_access_token(token, uid, source);
+    format!(
+        "GET /?access_token={access} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: \
+         Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_demo_token_is_judged_by_the_router_and_only_the_take_goes_to_a_worker() {
+    let mut t = T::new(false, LIMIT);
+    let token =
+        t.r.mint_demo_token(Uid(9), src("pc"), t.now)
+            .expect("random bytes");
+    assert!(t.actions().is_empty(), "minting writes nothing");
+    let (conn, stream) = t.upgrade(&upgrade_with(&token, 9, "pc"));
+    let c = Client {
+        conn,
+        uid: 9,
+        source: "pc",
+        stream,
+    };
+    // No token check: the take of what was kept for 9 answers the login.
+    let actions = t.actions();
+    let asked: Vec<String> = tasks(&actions)
+        .into_iter()
+        .map(|(key, task, origin)| format!("{key} {task:?} {origin:?}"))
+        .collect();
+    let origin = format!(
+        "{:?}",
+        Origin::Login {
+            conn,
+            uid: Uid(9),
+            source: src("pc")
+        }
+    );
+    assert_eq!(asked, [format!("9 FetchPending(Uid(9)) {origin}")]);
+    t.answer(&c, pending(vec![kept(77, "1")]));
+    assert_eq!(t.got(&c), [login_frame(&c), kept_json(77, "1")]);
+    assert_eq!(t.r.stats().logins, 1);
+}
+
+#[test]
+fn a_demo_token_for_another_uid_or_source_goes_to_the_token_store_like_any_other() {
+    let mut t = T::new(false, LIMIT);
+    let token =
+        t.r.mint_demo_token(Uid(9), src("pc"), t.now)
+            .expect("random bytes");
+    for (uid, source) in [(10, "pc"), (9, "app")] {
+        t.upgrade(&upgrade_with(&token, uid, source));
+        let creds = Credentials {
+            uid: Uid(uid),
+            token: token.clone(),
+            source: src(source),
+        };
+        let actions = t.actions();
+        let checks: Vec<String> = tasks(&actions)
+            .into_iter()
+            .map(|(_, task, _)| format!("{task:?}"))
+            .collect();
+        assert_eq!(checks, [format!("{:?}", Task::Login(creds))]);
+    }
+}

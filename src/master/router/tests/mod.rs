@@ -72,10 +72,10 @@ impl T {
         stored(&self.actions())
     }
 
-    /// A client of `uid` upgraded, its login check asked of the router (its Login task checked).
-    fn arrive(&mut self, uid: u64, source: &'static str, device: Option<&str>) -> Client {
+    /// A client upgraded with `request`, its login asked of the router.
+    fn upgrade(&mut self, request: &[u8]) -> (ConnId, MockStream) {
         let stream = MockStream::default();
-        stream.send(&mock::upgrade_request(uid, source, device));
+        stream.send(request);
         let conn = self.ws.next_id();
         let peer = "127.0.0.1:40000".parse().expect("addr");
         self.ws.insert(conn, stream.clone(), peer, self.now);
@@ -84,7 +84,13 @@ impl T {
         let Some(WsEvent::Login { login, .. }) = event else {
             panic!("{event:?}")
         };
-        self.r.login_requested(conn, login);
+        self.r.login_requested(conn, login, self.now);
+        (conn, stream)
+    }
+
+    /// A client of `uid` upgraded, its login check asked of the router (its Login task checked).
+    fn arrive(&mut self, uid: u64, source: &'static str, device: Option<&str>) -> Client {
+        let (conn, stream) = self.upgrade(&mock::upgrade_request(uid, source, device));
         let (uid_, token, source_) = (Uid(uid), format!("t{uid}"), src(source));
         let creds = Credentials {
             uid: uid_,

@@ -41,6 +41,23 @@ fn a_push_to_uids_gives_each_uid_its_own_message() {
 }
 
 #[test]
+fn a_uid_or_connection_listed_twice_gets_one_frame_one_count_and_one_row() {
+    let mut t = T::new(false, LIMIT);
+    let s9 = t.online(9, "app");
+    let body = r#"{"sk":"k","means":"to_uids","data":{"to_uids":["9",10,9,"10"],"content":1}}"#;
+    let (status, reply) = now_reply(t.push(body, 0));
+    assert_eq!((status, &reply["delivered"]), (200, &json!(1)));
+    assert_eq!(t.got(&s9).len(), 1, "9 once");
+    let kept = t.kept();
+    assert_eq!(kept.len(), 1, "one row for 10: {kept:?}");
+    assert!(kept[0].ends_with(" 0>10 push Undelivered 1"), "{kept:?}");
+    let fd = s9.conn.0;
+    let body = format!(r#"{{"sk":"k","means":"to_fd_all","data":{{"fd_all":[{fd},{fd}]}}}}"#);
+    assert_eq!(now_reply(t.push(&body, 0)).1["delivered"], 1);
+    assert_eq!(t.got(&s9).len(), 1, "its connection once");
+}
+
+#[test]
 fn a_broadcast_and_a_to_fd_push_reach_only_logged_in_connections() {
     let mut t = T::new(true, LIMIT);
     let (a, b) = (t.online(9, "app"), t.online(10, "app"));
