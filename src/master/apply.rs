@@ -107,6 +107,7 @@ impl Master {
             key,
             body,
             reply,
+            ..
         } = c;
         match origin {
             Origin::Login { conn, uid, source } => {

@@ -57,6 +57,15 @@ pub struct ApiDoor {
     requests: Vec<ApiRequest>,
     to_flush: Vec<ApiConnId>,
     scratch: Vec<u8>,
+    stats: ApiStats,
+}
+
+/// Counters for the metrics.
+#[derive(Debug, Default, Clone)]
+pub struct ApiStats {
+    pub accepted: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 impl ApiDoor {
@@ -70,7 +79,16 @@ impl ApiDoor {
             requests: Vec::new(),
             to_flush: Vec::new(),
             scratch: Vec::new(),
+            stats: ApiStats::default(),
         }
+    }
+
+    pub fn stats(&self) -> &ApiStats {
+        &self.stats
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
     }
 
     pub fn listener_mut(&mut self) -> Option<&mut TcpListener> {
@@ -96,6 +114,7 @@ impl ApiDoor {
             };
             let conn = ApiConnId(self.next);
             self.next += 1;
+            self.stats.accepted += 1;
             let interest = Interest::READABLE | Interest::WRITABLE;
             if reg
                 .register(&mut stream, Token::Api(conn).into(), interest)
@@ -147,6 +166,7 @@ impl ApiDoor {
                         drained = true;
                     }
                     Ok(n) => {
+                        self.stats.bytes_in += n as u64;
                         c.buf.extend_from_slice(&self.scratch[..n]);
                         c.last_active = now;
                         c.request_started.get_or_insert(now);
@@ -209,11 +229,23 @@ impl ApiDoor {
     /// Answers the request `conn` handed over; the next one (buffered, or still in the socket)
     /// is read and handed over in turn.
     pub fn answer(&mut self, conn: ApiConnId, status: u16, body: &str, now: Instant) {
+        self.answer_as(conn, status, "application/json", body.as_bytes(), now);
+    }
+
+    /// As `answer`, with a body of another type (the metrics' text).
+    pub fn answer_as(
+        &mut self,
+        conn: ApiConnId,
+        status: u16,
+        content_type: &str,
+        body: &[u8],
+        now: Instant,
+    ) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         c.waiting = false;
-        let response = json_response(status, body, c.keep_alive);
+        let response = http::response(status, content_type, body, c.keep_alive);
         c.out.push(Outgoing::Frame(Bytes::from(response)));
         self.on_event(conn, now);
     }
@@ -237,7 +269,9 @@ impl ApiDoor {
                 continue;
             };
             c.marked = false;
+            let queued = c.out.len();
             let written = c.out.write_to(&mut c.stream);
+            self.stats.bytes_out += queued.saturating_sub(c.out.len()) as u64;
             let finished = !c.waiting
                 && c.out.is_empty()
                 && (!c.keep_alive || (c.peer_done && c.buf.is_empty()));

@@ -54,8 +54,14 @@ impl Router {
             Reply::Refused(why) => {
                 self.stats.logins_refused += 1;
                 let message = match why {
-                    LoginRefusal::Unauthorized => "unauthorized",
-                    LoginRefusal::Expired => "expired",
+                    LoginRefusal::Unauthorized => {
+                        self.stats.logins_unauthorized += 1;
+                        "unauthorized"
+                    }
+                    LoginRefusal::Expired => {
+                        self.stats.logins_expired += 1;
+                        "expired"
+                    }
                 };
                 let frame = frames::login_refused(401, message);
                 ws.send(conn, Outgoing::Frame(frame), now);
@@ -67,6 +73,7 @@ impl Router {
                     log::warn!("login of {uid} could not be checked: {why}");
                 }
                 self.stats.logins_refused += 1;
+                self.stats.logins_unavailable += 1;
                 let frame = frames::login_refused(503, "service unavailable");
                 ws.send(conn, Outgoing::Frame(frame), now);
                 let why = "service unavailable";

@@ -106,6 +106,10 @@ pub enum Action {
 pub struct RouterStats {
     pub logins: u64,
     pub logins_refused: u64,
+    /// `logins_refused` by reason: no such token, an expired one, the store could not say.
+    pub logins_unauthorized: u64,
+    pub logins_expired: u64,
+    pub logins_unavailable: u64,
     pub pushes: u64,
     /// Messages refused because the store's backlog was full (503).
     pub refused_busy: u64,

@@ -327,6 +327,11 @@ impl<S: Read + Write> Session<S> {
         Ok(None)
     }
 
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.len()
+    }
+
     /// True once nothing more will happen on this connection: it can be dropped.
     pub fn is_done(&self) -> bool {
         matches!(

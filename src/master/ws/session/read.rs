@@ -76,6 +76,7 @@ impl<S: Read + Write> Session<S> {
                     break;
                 }
             };
+            stats.bytes_in += n as u64;
             let State::Handshake { request, .. } = &mut self.state else {
                 return;
             };
@@ -190,7 +191,10 @@ impl<S: Read + Write> Session<S> {
                 }
             }
             match self.read_some(scratch) {
-                Ok(Some(n)) => self.decoder.extend(&scratch[..n]),
+                Ok(Some(n)) => {
+                    stats.bytes_in += n as u64;
+                    self.decoder.extend(&scratch[..n]);
+                }
                 Ok(None) => break,
                 Err(()) => {
                     self.decoder.release_if_idle();
