@@ -15,6 +15,7 @@ pub mod http;
 mod ip_limit;
 mod memory;
 pub mod message;
+mod metrics;
 mod pool;
 mod push_gate;
 mod rate;
@@ -115,6 +116,8 @@ pub struct Master {
     ready_notifier: Option<std::os::unix::net::UnixStream>,
     pid_file: Option<PathBuf>,
     work: apply::Work,
+    metrics: metrics::Metrics,
+    readiness: metrics::Readiness,
 }
 
 /// Session limits from the configuration.
@@ -215,6 +218,8 @@ impl Master {
             ready_notifier,
             pid_file,
             work: apply::Work::default(),
+            metrics: metrics::Metrics::new(config.metrics_allow(), config.cluster_enabled(), now),
+            readiness: metrics::Readiness::new(config.task_workers().max(1), now),
             poll,
             config,
         })
@@ -239,6 +244,7 @@ impl Master {
                 }
             }
             let now = Instant::now();
+            self.metrics.turn_started(now);
             for event in events.iter() {
                 self.dispatch(event, now);
             }
@@ -255,6 +261,7 @@ impl Master {
             self.pool.flush();
             self.settle(now);
             self.ws.flush();
+            self.metrics.turn_flushed();
             self.api.flush();
             self.report_readiness()?;
             if self.ready_to_exit(now) {
@@ -333,6 +340,7 @@ impl Master {
             crate::trim::trim_allocator();
         }
         self.pool.tick(now);
+        self.ping_workers(now);
         if self.pool.reloading() {
             self.next_sweep = now + RELOAD_SWEEP;
         }

@@ -71,6 +71,10 @@ pub enum Origin {
     Presence {
         welcome: Vec<ConnId>,
     },
+    /// Readiness: a worker slot's ping (see `metrics::readiness`).
+    Ping {
+        slot: usize,
+    },
 }
 
 /// Where a push's reply goes.
