@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::{self, Read};
 
+mod head;
+pub use head::{task_head, TaskHead};
+
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 const LEN_BYTES: usize = 4;
 
@@ -69,6 +72,9 @@ pub enum Task<'a> {
     /// Cluster: after Redis came back, rewrite this node's presence from scratch (purge, then
     /// these connections), in one task so that no other change interleaves.
     Resync(Vec<PresenceChange>),
+    /// Readiness: answer once the token store answers (`Ok`, or the store's failure). Last, so
+    /// that the other tasks keep their encoding.
+    Ping,
 }
 
 /// What one node tells another through Redis. On the Redis wire it is JSON (`to_json`), with

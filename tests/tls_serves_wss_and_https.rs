@@ -36,6 +36,19 @@ fn a_wss_client_logs_in_and_chats_and_https_pushes() {
         stats["tls"]["handshakes"].as_u64().unwrap_or(0) >= 2,
         "{stats}"
     );
+    // And for Prometheus, over https too.
+    let (status, metrics) = server.http("GET", "/metrics", &[], b"");
+    assert_eq!(status, 200, "{metrics}");
+    let handshakes = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("wspush_tls_handshakes_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("wspush_tls_handshakes_total in {metrics}"));
+    assert!(handshakes >= 2.0, "{handshakes}");
+    assert!(
+        metrics.contains("wspush_tls_handshake_failures_total{reason=\"plain_http\"} 0"),
+        "{metrics}"
+    );
 }
 
 #[test]

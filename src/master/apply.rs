@@ -3,6 +3,7 @@
 //! push doors. `settle` repeats until nothing is left, since each step may cause the others.
 
 use super::http::error_body;
+use super::metrics::Door;
 use super::pool::Completion;
 use super::router::{Action, Origin, PushOutcome, ReplyTo};
 use super::ws::WsEvent;
@@ -81,6 +82,7 @@ impl Master {
                 text,
                 content,
             } => {
+                self.metrics.chat_received();
                 let in_flight = self.pool.backlog_bytes();
                 self.router.chat(
                     &mut self.ws,
@@ -102,11 +104,13 @@ impl Master {
     }
 
     fn on_completion(&mut self, c: Completion<Origin>, now: Instant) {
+        self.metrics.task_answered(&c);
         let Completion {
             origin,
             key,
             body,
             reply,
+            ..
         } = c;
         match origin {
             Origin::Login { conn, uid, source } => {
@@ -148,6 +152,7 @@ impl Master {
                     c.purge_answered(&reply);
                 }
             }
+            Origin::Ping { slot } => self.ping_answered(slot, &reply),
             Origin::Presence { welcome } => {
                 if let Reply::Failed(why) = reply {
                     warn!("presence write failed: {why}");
@@ -166,11 +171,16 @@ impl Master {
             }
             Action::Reply { to, status, body } => match to {
                 ReplyTo::Udp(addr) => {
+                    self.metrics.push_replied(Door::Udp, status);
+                    self.metrics.datagram(0, body.len());
                     if let Some(udp) = self.udp.as_ref() {
                         udp.send_to(addr, body.as_bytes());
                     }
                 }
-                ReplyTo::Api(conn) => self.api.answer(conn, status, &body, now),
+                ReplyTo::Api(conn) => {
+                    self.metrics.push_replied(Door::Http, status);
+                    self.api.answer(conn, status, &body, now);
+                }
             },
             Action::Presence(change) => {
                 if let Some(c) = self.cluster.as_mut() {
@@ -198,7 +208,10 @@ impl Master {
         }
         for m in inbound.messages {
             match ClusterMessage::from_json(&m) {
-                Ok(message) => self.router.cluster_message(&mut self.ws, message, now),
+                Ok(message) => {
+                    self.metrics.cluster_inbound(&message, c.node());
+                    self.router.cluster_message(&mut self.ws, message, now);
+                }
                 Err(e) => warn!(
                     "unreadable cluster message ({}): {:.200}",
                     e.0,
@@ -217,6 +230,7 @@ impl Master {
             ws,
             pool,
             config,
+            metrics,
             ..
         } = self;
         let Some(udp) = udp.as_mut() else {
@@ -225,19 +239,28 @@ impl Master {
         let in_flight = pool.backlog_bytes();
         let max = config.server.max_message_size;
         self.udp_backlog = udp.serve(|d| {
-            if !gate.admit(d.from.ip(), now) {
-                return Some(error_body(429, "too many pushes from this address"));
-            }
-            if d.truncated || d.payload.len() > max {
-                return Some(error_body(413, "datagram too large"));
-            }
-            match gate.open_datagram(d.payload, d.from.ip()) {
-                Ok(push) => match router.push(ws, push, ReplyTo::Udp(d.from), in_flight, now) {
-                    PushOutcome::Now { body, .. } => Some(body),
-                    PushOutcome::Later => None,
-                },
-                Err(e) => Some(error_body(e.code, &e.msg)),
-            }
+            let (status, body) = if !gate.admit(d.from.ip(), now) {
+                (429, error_body(429, "too many pushes from this address"))
+            } else if d.truncated || d.payload.len() > max {
+                (413, error_body(413, "datagram too large"))
+            } else {
+                match gate.open_datagram(d.payload, d.from.ip()) {
+                    Ok(push) => {
+                        metrics.push_received(Door::Udp, &push.means);
+                        match router.push(ws, push, ReplyTo::Udp(d.from), in_flight, now) {
+                            PushOutcome::Now { status, body } => (status, body),
+                            PushOutcome::Later => {
+                                metrics.datagram(d.payload.len(), 0);
+                                return None;
+                            }
+                        }
+                    }
+                    Err(e) => (e.code, error_body(e.code, &e.msg)),
+                }
+            };
+            metrics.push_replied(Door::Udp, status);
+            metrics.datagram(d.payload.len(), body.len());
+            Some(body)
         });
     }
 }

@@ -42,6 +42,14 @@ impl Kind {
     }
 }
 
+impl Kind {
+    /// One of a client's chat types (not `push`, nor a pusher's own name): how the metrics tell
+    /// chats from pushes, for the price of one comparison.
+    pub fn is_chat(&self) -> bool {
+        matches!(self, Kind::Named(k) if *k != "push")
+    }
+}
+
 impl Message {
     pub fn kind(&self) -> &str {
         match &self.kind {

@@ -15,6 +15,7 @@ pub mod http;
 mod ip_limit;
 mod memory;
 pub mod message;
+mod metrics;
 mod pool;
 mod push_gate;
 mod rate;
@@ -125,6 +126,8 @@ pub struct Master {
     ready_notifier: Option<std::os::unix::net::UnixStream>,
     pid_file: Option<PathBuf>,
     work: apply::Work,
+    metrics: metrics::Metrics,
+    readiness: metrics::Readiness,
 }
 
 /// Who may connect on the WebSocket port: the per-address rate, judged by the real client
@@ -247,6 +250,8 @@ impl Master {
             ready_notifier,
             pid_file,
             work: apply::Work::default(),
+            metrics: metrics::Metrics::new(config.metrics_allow(), config.cluster_enabled(), now),
+            readiness: metrics::Readiness::new(config.task_workers().max(1), now),
             poll,
             config,
         })
@@ -271,6 +276,7 @@ impl Master {
                 }
             }
             let now = Instant::now();
+            self.metrics.turn_started(now);
             for event in events.iter() {
                 self.dispatch(event, now);
             }
@@ -287,6 +293,7 @@ impl Master {
             self.pool.flush();
             self.settle(now);
             self.ws.flush();
+            self.metrics.turn_flushed();
             self.api.flush();
             self.report_readiness()?;
             if self.ready_to_exit(now) {
@@ -388,6 +395,7 @@ impl Master {
             crate::trim::trim_allocator();
         }
         self.pool.tick(now);
+        self.ping_workers(now);
         if self.pool.reloading() {
             self.next_sweep = now + RELOAD_SWEEP;
         }

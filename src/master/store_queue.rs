@@ -54,6 +54,15 @@ impl StoreQueue {
         self.batched_bytes + in_flight + self.retry.bytes() < self.limit
     }
 
+    /// The whole backlog `has_room` weighs, with `in_flight` bytes at the workers.
+    pub fn backlog_bytes(&self, in_flight: usize) -> usize {
+        self.batched_bytes + in_flight + self.retry.bytes()
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Whether a message with this outcome must be kept at all.
     pub fn wants(&self, delivery: Delivery) -> bool {
         delivery == Delivery::Undelivered || self.backup

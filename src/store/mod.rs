@@ -57,6 +57,8 @@ pub enum TokenVerdict {
 pub trait TokenStore {
     fn check(&mut self, login: &Credentials, now: u64) -> Result<TokenVerdict, StoreError>;
     fn save(&mut self, record: &TokenRecord) -> Result<(), StoreError>;
+    /// One cheap read, for readiness: Ok while the store answers.
+    fn ping(&mut self) -> Result<(), StoreError>;
 }
 
 pub trait MessageStore {

@@ -112,6 +112,11 @@ impl TokenStore for RedisStore {
         ))
     }
 
+    fn ping(&mut self) -> Result<(), StoreError> {
+        self.with(|c| redis::cmd("PING").query::<String>(c))
+            .map(|_| ())
+    }
+
     /// Sets one source inside `login{uid}`, keeping the others and the record's format (a
     /// PHP-serialized record stays PHP-serialized: the PHP login server reads it too). WATCH
     /// makes the read-modify-write atomic against other writers.

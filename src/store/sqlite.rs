@@ -106,6 +106,17 @@ impl TokenStore for SqliteStore {
         ))
     }
 
+    fn ping(&mut self) -> Result<(), StoreError> {
+        // A read of the tokens' table itself: the file is there, readable and not locked out.
+        self.db
+            .prepare_cached("SELECT 1 FROM login_token LIMIT 1")
+            .map_err(store_err)?
+            .query_row([], |_| Ok(()))
+            .optional()
+            .map_err(store_err)?;
+        Ok(())
+    }
+
     fn save(&mut self, r: &TokenRecord) -> Result<(), StoreError> {
         self.db
             .prepare_cached(

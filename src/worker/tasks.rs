@@ -65,6 +65,7 @@ impl Stores {
             Task::Store(batch) => self.store(&batch),
             Task::FetchPending(uid) => Ok(self.take_pending(uid)),
             Task::Requeue(ids) => self.messages.requeue(&ids, unix_now()).map(|_| Reply::Ok),
+            Task::Ping => self.tokens.ping().map(|_| Reply::Ok),
             cluster_task => match self.cluster.as_mut() {
                 Some(cluster) => cluster_task_reply(cluster, cluster_task),
                 None => return Reply::Failed(TaskFailure::NotClustered),
@@ -183,6 +184,7 @@ fn cluster_task_reply(cluster: &mut ClusterStore, task: Task<'_>) -> Result<Repl
         | Task::SaveToken(_)
         | Task::Store(_)
         | Task::Requeue(_)
-        | Task::FetchPending(_) => Reply::Failed(TaskFailure::NotClustered),
+        | Task::FetchPending(_)
+        | Task::Ping => Reply::Failed(TaskFailure::NotClustered),
     })
 }

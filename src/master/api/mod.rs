@@ -81,6 +81,15 @@ pub struct ApiDoor {
     requests: Vec<ApiRequest>,
     to_flush: Vec<ApiConnId>,
     scratch: Vec<u8>,
+    stats: ApiStats,
+}
+
+/// Counters for the metrics.
+#[derive(Debug, Default, Clone)]
+pub struct ApiStats {
+    pub accepted: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 impl ApiDoor {
@@ -101,12 +110,21 @@ impl ApiDoor {
             requests: Vec::new(),
             to_flush: Vec::new(),
             scratch: Vec::new(),
+            stats: ApiStats::default(),
         }
     }
 
     /// New connections get this configuration (a renewed certificate); open ones keep theirs.
     pub fn set_tls(&mut self, tls: Option<TlsAcceptor>) {
         self.tls = tls;
+    }
+
+    pub fn stats(&self) -> &ApiStats {
+        &self.stats
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
     }
 
     pub fn listener_mut(&mut self) -> Option<&mut TcpListener> {
@@ -132,6 +150,7 @@ impl ApiDoor {
             };
             let conn = ApiConnId(self.next);
             self.next += 1;
+            self.stats.accepted += 1;
             let interest = Interest::READABLE | Interest::WRITABLE;
             if reg
                 .register(&mut stream, Token::Api(conn).into(), interest)
@@ -193,6 +212,7 @@ impl ApiDoor {
                         drained = true;
                     }
                     Ok(n) => {
+                        self.stats.bytes_in += n as u64;
                         c.buf.extend_from_slice(&self.scratch[..n]);
                         c.last_active = now;
                         c.request_started.get_or_insert(now);
@@ -263,11 +283,23 @@ impl ApiDoor {
     /// Answers the request `conn` handed over; the next one (buffered, or still in the socket)
     /// is read and handed over in turn.
     pub fn answer(&mut self, conn: ApiConnId, status: u16, body: &str, now: Instant) {
+        self.answer_as(conn, status, "application/json", body.as_bytes(), now);
+    }
+
+    /// As `answer`, with a body of another type (the metrics' text).
+    pub fn answer_as(
+        &mut self,
+        conn: ApiConnId,
+        status: u16,
+        content_type: &str,
+        body: &[u8],
+        now: Instant,
+    ) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         c.waiting = false;
-        let response = json_response(status, body, c.keep_alive);
+        let response = http::response(status, content_type, body, c.keep_alive);
         c.out.push(Outgoing::Frame(Bytes::from(response)));
         self.on_event(conn, now);
     }
@@ -291,6 +323,7 @@ impl ApiDoor {
                 continue;
             };
             c.marked = false;
+            let queued = c.out.len();
             let written = c
                 .out
                 .write_to(&mut c.stream)
@@ -298,6 +331,7 @@ impl ApiDoor {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
                     other => other,
                 });
+            self.stats.bytes_out += queued.saturating_sub(c.out.len()) as u64;
             let finished = !c.waiting
                 && c.out.is_empty()
                 && !c.stream.has_pending_output()

@@ -1,8 +1,10 @@
 //! What each HTTP API request means: `/chat/send`, `/api/push`, `/api/login`, `/api/online`,
-//! `/api/stats` (all authenticated by address and secret) and `/healthz`.
+//! `/api/stats` (all authenticated by address and secret), `/healthz`, and `/readyz` and
+//! `/metrics` (the master's `metrics`).
 
 use super::{ApiConnId, ApiRequest};
 use crate::master::http::{self, Request};
+use crate::master::metrics::Door;
 use crate::master::router::{Origin, PushOutcome, ReplyTo};
 use crate::master::Master;
 use crate::model::{Source, TokenRecord, Uid};
@@ -17,7 +19,14 @@ const MAX_TOKEN: usize = 256;
 impl Master {
     /// Answers a request now, or leaves it waiting for a task worker or other nodes.
     pub(crate) fn serve_api(&mut self, r: ApiRequest, now: Instant) {
+        if r.request.path == "/metrics" {
+            return self.serve_metrics(r, now);
+        }
+        let push = matches!(r.request.path.as_str(), "/api/push" | "/chat/send");
         if let Some((status, body)) = self.route_api(r.conn, &r.request, r.peer.ip(), now) {
+            if push {
+                self.metrics.push_replied(Door::Http, status);
+            }
             self.api.answer(r.conn, status, &body, now);
         }
     }
@@ -31,6 +40,9 @@ impl Master {
     ) -> Option<(u16, String)> {
         if req.path == "/healthz" {
             return Some((200, json!({"code": 0, "status": "ok"}).to_string()));
+        }
+        if req.path == "/readyz" {
+            return Some(self.readyz(now));
         }
         if !self.gate.admit(ip, now) {
             let body = http::error_body(429, "too many requests from this address");
@@ -53,6 +65,7 @@ impl Master {
                     means: Means::ToUid(to),
                     data: PushData::chat_from_system(to, &content),
                 };
+                self.metrics.push_received(Door::Http, &push.means);
                 let to = ReplyTo::Api(conn);
                 outcome(self.router.push(&mut self.ws, push, to, in_flight, now))
             }
@@ -67,6 +80,7 @@ impl Master {
                 let secret = self.gate.secret(ip).map(str::to_owned);
                 match parse_push(&req.body, secret.as_deref(), presented.as_deref()) {
                     Ok(push) => {
+                        self.metrics.push_received(Door::Http, &push.means);
                         let to = ReplyTo::Api(conn);
                         outcome(self.router.push(&mut self.ws, push, to, in_flight, now))
                     }

@@ -53,6 +53,11 @@ impl Cluster {
         self.subscriber.subscribed()
     }
 
+    /// How often the subscription to this node's channel was lost (Redis went away).
+    pub fn subscriptions_lost(&self) -> u64 {
+        self.subscriber.losses()
+    }
+
     /// The task that clears what an earlier run of this node left in Redis.
     pub fn purge_task() -> Option<(u64, Bytes, Origin)> {
         encode(&Task::PurgeSelf).map(|b| (PRESENCE_KEY, b, Origin::Purge))

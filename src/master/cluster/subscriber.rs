@@ -28,6 +28,8 @@ pub struct Subscriber {
     subscribed: bool,
     /// Set when the subscription broke; the next `Ready` asks for a presence rewrite.
     lost_subscription: bool,
+    /// How often a subscription was lost (for the metrics).
+    losses: u64,
     respawn_at: Option<Instant>,
     /// A subscriber let go, reaped without blocking on later turns.
     zombie: Option<ChildLink>,
@@ -41,6 +43,7 @@ impl Subscriber {
             link: None,
             subscribed: false,
             lost_subscription: false,
+            losses: 0,
             respawn_at: Some(Instant::now()),
             zombie: None,
         }
@@ -48,6 +51,10 @@ impl Subscriber {
 
     pub fn subscribed(&self) -> bool {
         self.subscribed
+    }
+
+    pub fn losses(&self) -> u64 {
+        self.losses
     }
 
     /// Starts (or restarts) the process when due; reaps a dead one.
@@ -99,6 +106,7 @@ impl Subscriber {
                     info!("cluster subscriber ready");
                 }
                 Ok(ToMaster::Unsubscribed) => {
+                    self.losses += u64::from(self.subscribed);
                     self.subscribed = false;
                     self.lost_subscription = true;
                 }
@@ -120,6 +128,7 @@ impl Subscriber {
 
     /// Kills the subscriber without waiting for it (the loop must not block): `tick` reaps it.
     fn let_go(&mut self) {
+        self.losses += u64::from(self.subscribed);
         if let Some(mut link) = self.link.take() {
             link.kill();
             self.zombie = Some(link);

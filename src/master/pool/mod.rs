@@ -43,6 +43,8 @@ pub struct Completion<O> {
     /// The task's encoded body, so that a failed write can be kept for a retry.
     pub body: Bytes,
     pub reply: Reply,
+    /// From submit to the worker's answer; None when no worker answered (a timeout, say).
+    pub took: Option<Duration>,
 }
 
 struct InFlight<O> {
@@ -52,6 +54,7 @@ struct InFlight<O> {
     slot: usize,
     /// The worker it was sent to; None while queued.
     on_worker: Option<Generation>,
+    submitted: Instant,
     deadline: Instant,
     attempts: u8,
 }
@@ -151,6 +154,17 @@ impl<O, S: Spawner> Pool<O, S> {
             .all(|s| s.current.as_ref().is_some_and(|w| w.ready))
     }
 
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether `slot` has a worker that reported ready (not one being started).
+    pub fn slot_ready(&self, slot: usize) -> bool {
+        self.slots
+            .get(slot)
+            .is_some_and(|s| s.current.as_ref().is_some_and(|w| w.ready))
+    }
+
     pub fn is_idle(&self) -> bool {
         self.inflight.is_empty()
     }
@@ -170,6 +184,7 @@ impl<O, S: Spawner> Pool<O, S> {
         self.next_task += 1;
         let slot = (key % self.slots.len() as u64) as usize;
         self.inflight_bytes += body.len();
+        let now = Instant::now();
         self.inflight.insert(
             id,
             InFlight {
@@ -178,7 +193,8 @@ impl<O, S: Spawner> Pool<O, S> {
                 origin,
                 slot,
                 on_worker: None,
-                deadline: Instant::now() + self.task_timeout,
+                submitted: now,
+                deadline: now + self.task_timeout,
                 attempts: 0,
             },
         );
@@ -197,6 +213,11 @@ impl<O, S: Spawner> Pool<O, S> {
     }
 
     fn complete(&mut self, id: TaskId, reply: Reply) {
+        self.complete_at(id, reply, None);
+    }
+
+    /// As `complete`, for a worker's answer read at `answered`.
+    fn complete_at(&mut self, id: TaskId, reply: Reply, answered: Option<Instant>) {
         if let Some(f) = self.inflight.remove(&id) {
             self.inflight_bytes -= f.body.len();
             self.completions.push(Completion {
@@ -204,6 +225,7 @@ impl<O, S: Spawner> Pool<O, S> {
                 key: f.key,
                 body: f.body,
                 reply,
+                took: answered.map(|t| t.saturating_duration_since(f.submitted)),
             });
         }
     }
@@ -275,8 +297,10 @@ impl<O, S: Spawner> Pool<O, S> {
             };
             w.link.read(&mut frames).and_then(|()| w.link.flush())
         };
+        // One clock read for the answers of one read.
+        let answered = (!frames.is_empty()).then(Instant::now);
         for frame in frames {
-            self.on_frame(slot, generation, &frame);
+            self.on_frame(slot, generation, &frame, answered);
         }
         match outcome {
             Ok(()) => {}
@@ -285,7 +309,13 @@ impl<O, S: Spawner> Pool<O, S> {
         }
     }
 
-    fn on_frame(&mut self, slot: usize, generation: Generation, frame: &[u8]) {
+    fn on_frame(
+        &mut self,
+        slot: usize,
+        generation: Generation,
+        frame: &[u8],
+        answered: Option<Instant>,
+    ) {
         match ipc::decode::<ToMaster>(frame) {
             Ok(ToMaster::Ready { pid }) => {
                 let s = &mut self.slots[slot];
@@ -304,7 +334,7 @@ impl<O, S: Spawner> Pool<O, S> {
                 // A late answer to a task that timed out (or was retried) is dropped here.
                 if self.inflight.contains_key(&id) {
                     self.slots[slot].done += 1;
-                    self.complete(id, reply);
+                    self.complete_at(id, reply, answered);
                 }
             }
             Ok(ToMaster::Cluster(_) | ToMaster::Unsubscribed) => {

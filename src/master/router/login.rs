@@ -71,8 +71,14 @@ impl Router {
             Reply::Refused(why) => {
                 self.stats.logins_refused += 1;
                 let message = match why {
-                    LoginRefusal::Unauthorized => "unauthorized",
-                    LoginRefusal::Expired => "expired",
+                    LoginRefusal::Unauthorized => {
+                        self.stats.logins_unauthorized += 1;
+                        "unauthorized"
+                    }
+                    LoginRefusal::Expired => {
+                        self.stats.logins_expired += 1;
+                        "expired"
+                    }
                 };
                 if let Some((addr, _)) = ws.client(conn) {
                     security!("{}: login of {uid}/{source} refused: {message}", addr.ip());
@@ -87,6 +93,7 @@ impl Router {
                     log::warn!("login of {uid} could not be checked: {why}");
                 }
                 self.stats.logins_refused += 1;
+                self.stats.logins_unavailable += 1;
                 let frame = frames::login_refused(503, "service unavailable");
                 ws.send(conn, Outgoing::Frame(frame), now);
                 let why = "service unavailable";

@@ -69,6 +69,10 @@ pub enum Origin {
     Presence {
         welcome: Vec<ConnId>,
     },
+    /// Readiness: a worker slot's ping (see `metrics::readiness`).
+    Ping {
+        slot: usize,
+    },
 }
 
 /// Where a push's reply goes.
@@ -104,6 +108,10 @@ pub enum Action {
 pub struct RouterStats {
     pub logins: u64,
     pub logins_refused: u64,
+    /// `logins_refused` by reason: no such token, an expired one, the store could not say.
+    pub logins_unauthorized: u64,
+    pub logins_expired: u64,
+    pub logins_unavailable: u64,
     pub pushes: u64,
     /// Messages refused because the store's backlog was full (503).
     pub refused_busy: u64,

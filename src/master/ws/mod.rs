@@ -81,6 +81,46 @@ pub struct WsStats {
     pub messages_in: u64,
     pub frames_out: u64,
     pub slow_consumers: u64,
+    /// Of `frames_out`: messages by their type (a chat type, or a push), and kept messages
+    /// handed over again; the rest are control frames (login, acks, errors, pongs).
+    pub chats_out: u64,
+    pub pushes_out: u64,
+    pub kept_out: u64,
+    /// Bytes read from, and written to, client sockets.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// What a queued entry counts as in `WsStats`.
+#[derive(Clone, Copy)]
+enum Carried {
+    Chat,
+    Push,
+    Kept,
+    Control,
+}
+
+impl Carried {
+    fn of(entry: &Outgoing) -> Carried {
+        match entry {
+            Outgoing::Message(m) if m.kind.is_chat() => Carried::Chat,
+            Outgoing::Message(_) => Carried::Push,
+            Outgoing::Kept { .. } => Carried::Kept,
+            Outgoing::Frame(_) => Carried::Control,
+        }
+    }
+}
+
+impl WsStats {
+    fn queued(&mut self, carried: Carried, n: u64) {
+        self.frames_out += n;
+        match carried {
+            Carried::Chat => self.chats_out += n,
+            Carried::Push => self.pushes_out += n,
+            Carried::Kept => self.kept_out += n,
+            Carried::Control => {}
+        }
+    }
 }
 
 pub struct Sessions<S> {
@@ -237,13 +277,18 @@ impl<S: Transport> Sessions<S> {
     /// Queues `entry` for `conn` within its send bound. False when it did not fit (a slow
     /// consumer: it gets `slow_consumer_timeout` to catch up) or the connection is closing.
     pub fn send(&mut self, conn: ConnId, entry: Outgoing, now: Instant) -> bool {
+        let carried = Carried::of(&entry);
+        self.send_as(conn, entry, carried, now)
+    }
+
+    fn send_as(&mut self, conn: ConnId, entry: Outgoing, carried: Carried, now: Instant) -> bool {
         let Some(s) = self.sessions.get_mut(&conn) else {
             return false;
         };
         if !s.send(entry, &self.cfg, now) {
             return false;
         }
-        self.stats.frames_out += 1;
+        self.stats.queued(carried, 1);
         self.mark(conn);
         true
     }
@@ -251,7 +296,7 @@ impl<S: Transport> Sessions<S> {
     /// As `send`, but only to a logged-in connection (`to_fd` pushes).
     pub fn send_if_open(&mut self, conn: ConnId, entry: Outgoing, now: Instant) -> bool {
         let open = self.sessions.get(&conn).is_some_and(|s| s.is_open());
-        open && self.send(conn, entry, now)
+        open && self.send_as(conn, entry, Carried::Push, now)
     }
 
     /// Every logged-in connection of this node, in one pass: each gets the frame written at
@@ -270,13 +315,16 @@ impl<S: Transport> Sessions<S> {
                 continue;
             }
             // What the socket did not take goes when it is writable again.
-            match s.flush(&self.cfg) {
+            let queued = s.queued_bytes();
+            let flushed = s.flush(&self.cfg);
+            self.stats.bytes_out += queued.saturating_sub(s.queued_bytes()) as u64;
+            match flushed {
                 Ok(Some(uid)) => self.events.push(WsEvent::Drained { conn: *conn, uid }),
                 Ok(None) if !s.is_done() => {}
                 _ => broken.push(*conn),
             }
         }
-        self.stats.frames_out += delivered as u64;
+        self.stats.queued(Carried::Push, delivered as u64);
         for conn in broken {
             self.mark(conn);
         }
@@ -362,7 +410,10 @@ impl<S: Transport> Sessions<S> {
                 continue;
             };
             s.marked = false;
-            match s.flush(&self.cfg) {
+            let queued = s.queued_bytes();
+            let flushed = s.flush(&self.cfg);
+            self.stats.bytes_out += queued.saturating_sub(s.queued_bytes()) as u64;
+            match flushed {
                 Ok(drained) if !s.is_done() => {
                     if let Some(uid) = drained {
                         self.events.push(WsEvent::Drained { conn, uid });

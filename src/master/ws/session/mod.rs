@@ -351,6 +351,11 @@ impl<S: Transport> Session<S> {
         }
     }
 
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.len()
+    }
+
     /// True once nothing more will happen on this connection: it can be dropped.
     pub fn is_done(&self) -> bool {
         matches!(

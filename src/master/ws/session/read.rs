@@ -83,6 +83,7 @@ impl<S: Transport> Session<S> {
                     break;
                 }
             };
+            stats.bytes_in += n as u64;
             let State::Handshake { request, .. } = &mut self.state else {
                 return;
             };
@@ -231,7 +232,10 @@ impl<S: Transport> Session<S> {
                 }
             }
             match self.read_some(scratch) {
-                Ok(Some(n)) => self.decoder.extend(&scratch[..n]),
+                Ok(Some(n)) => {
+                    stats.bytes_in += n as u64;
+                    self.decoder.extend(&scratch[..n]);
+                }
                 Ok(None) => break,
                 Err(()) => {
                     self.decoder.release_if_idle();
