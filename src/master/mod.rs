@@ -19,6 +19,7 @@ mod pool;
 mod push_gate;
 mod rate;
 pub mod registry;
+mod reload_report;
 mod retry;
 mod router;
 mod signals;
@@ -28,7 +29,7 @@ mod udp;
 pub mod ws;
 
 use crate::config::Config;
-use crate::ipc::{self, IpcError, ToWorker};
+use crate::ipc::{self, IpcError};
 use api::ApiDoor;
 use cluster::Cluster;
 use log::{error, info, warn};
@@ -115,6 +116,7 @@ pub struct Master {
     ready_notifier: Option<std::os::unix::net::UnixStream>,
     pid_file: Option<PathBuf>,
     work: apply::Work,
+    reloads: reload_report::ReloadReport,
 }
 
 /// Session limits from the configuration.
@@ -161,12 +163,7 @@ impl Master {
                 Interest::READABLE,
             )
             .map_err(MasterError::Signals)?;
-        let mut config_frame = Vec::new();
-        ipc::encode(
-            &ToWorker::Config(Box::new(config.clone())),
-            &mut config_frame,
-        )
-        .map_err(MasterError::ConfigFrame)?;
+        let config_frame = ipc::child_greeting(&config).map_err(MasterError::ConfigFrame)?;
         let registry = poll.registry().try_clone().map_err(MasterError::Poll)?;
         let pool = Pool::new(
             config.task_workers(),
@@ -213,6 +210,7 @@ impl Master {
             doors_open: false,
             stopping: None,
             ready_notifier,
+            reloads: reload_report::ReloadReport::new(pid_file.as_deref()),
             pid_file,
             work: apply::Work::default(),
             poll,
@@ -333,6 +331,9 @@ impl Master {
             crate::trim::trim_allocator();
         }
         self.pool.tick(now);
+        for event in self.pool.take_reload_events() {
+            self.reloads.report(&event);
+        }
         if self.pool.reloading() {
             self.next_sweep = now + RELOAD_SWEEP;
         }
@@ -349,6 +350,8 @@ impl Master {
 
     fn begin_stop(&mut self, now: Instant) {
         info!("stopping: closing {} connections", self.ws.len());
+        crate::systemd::stopping();
+        self.pool.cancel_reload();
         self.stopping = Some(now + Duration::from_secs(self.config.server.shutdown_timeout));
         let reg = self.poll.registry();
         if let Some(mut l) = self.ws_listener.take() {
@@ -436,6 +439,7 @@ impl Master {
         if let Some(mut notifier) = self.ready_notifier.take() {
             let _ = writeln!(notifier, "ready {}", std::process::id());
         }
+        crate::systemd::ready("ready");
         Ok(())
     }
 
