@@ -19,13 +19,16 @@ fn with_journal_stream_set_every_process_logs_to_standard_error_with_priorities(
     server.wait_ready();
     let _alice = server.login(1, "app");
     server.signal(Signal::SIGHUP);
-    let journal = wait_for("master and worker lines, and the reopen, in the journal", || {
-        let text = read_file(&stderr);
-        (text.contains("<6>[master ")
-            && text.contains("<7>[worker ")
-            && text.contains("log file reopened"))
-        .then_some(text)
-    });
+    let journal = wait_for(
+        "master and worker lines, and the reopen, in the journal",
+        || {
+            let text = read_file(&stderr);
+            (text.contains("<6>[master ")
+                && text.contains("<7>[worker ")
+                && text.contains("log file reopened"))
+            .then_some(text)
+        },
+    );
     for line in journal.lines() {
         let priority = line
             .strip_prefix('<')

@@ -38,7 +38,11 @@ fn daemon_pid(server: &Server) -> Option<u32> {
 /// `sh/websocket <cmd> -c <config>` in the copied project, told the running pid.
 fn script(server: &Server, cmd: &str) -> Output {
     let fake = server.dir.join("fakebin");
-    let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let running = daemon_pid(server).map_or_else(|| "0".into(), |p| p.to_string());
     Command::new("bash")
         .arg(server.dir.join("sh/websocket"))
