@@ -42,7 +42,7 @@ impl fmt::Display for HelloError {
                 f.write_str("it sent no build id (a build without the handshake)")
             }
             HelloError::OtherBuild { ours, theirs } => {
-                write!(f, "it is build {theirs}, the master is build {ours}")
+                write!(f, "it is build {theirs}, expected build {ours}")
             }
         }
     }
