@@ -63,7 +63,11 @@ pub fn start(config_file: &Path, daemonize: Option<bool>) -> i32 {
             return EXIT_FAILED;
         }
     };
-    for p in [&config.server.pid_file, &config.server.log_file] {
+    // Under systemd the log is the journal: no log directory is needed (or writable).
+    let daemonize = daemonize.unwrap_or(config.server.daemonize);
+    let journal = !daemonize && crate::logging::stderr_is_journal();
+    let log_dir = (!journal).then_some(&config.server.log_file);
+    for p in std::iter::once(&config.server.pid_file).chain(log_dir) {
         if let Some(dir) = p.parent() {
             if let Err(e) = std::fs::create_dir_all(dir) {
                 eprintln!("wspush: cannot create {}: {e}", dir.display());
@@ -72,7 +76,6 @@ pub fn start(config_file: &Path, daemonize: Option<bool>) -> i32 {
         }
     }
 
-    let daemonize = daemonize.unwrap_or(config.server.daemonize);
     let mut notifier = None;
     if daemonize {
         let (parent_end, child_end) = match UnixStream::pair() {

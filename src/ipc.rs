@@ -3,7 +3,9 @@
 //! message's content travels as its own bytes (never escaped inside JSON), and a worker reads
 //! it borrowed from its frame. The declared length is checked against `MAX_FRAME` before
 //! anything is allocated. This module knows the vocabulary of tasks and answers; the records
-//! they carry are `model`'s.
+//! they carry are `model`'s. Each side's first frame is a `hello` with its build id.
+
+pub mod hello;
 
 use crate::config::Config;
 use crate::model::{
@@ -26,7 +28,8 @@ const LEN_BYTES: usize = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TaskId(pub u64);
 
-/// What the master sends a child. The first frame on a new channel is always `Config`.
+/// What the master sends a child. The first frame on a new channel, after the hello, is always
+/// `Config`.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToWorker<'a> {
     Config(Box<Config>),
@@ -489,6 +492,14 @@ impl FrameReader {
             self.buf = BytesMut::new();
         }
     }
+}
+
+/// What the master sends every new child: its hello, then the resolved configuration.
+pub fn child_greeting(config: &Config) -> Result<Vec<u8>, IpcError> {
+    let mut out = Vec::new();
+    hello::encode(&mut out);
+    encode(&ToWorker::Config(Box::new(config.clone())), &mut out)?;
+    Ok(out)
 }
 
 /// Blocking read of one frame into `body` (for a child process). Ok(false) on a clean end of

@@ -1,5 +1,6 @@
-//! The command line: `start`, `status`, `pid`, `check-config`, and `task-worker` (spawned by the
-//! master). Exit codes: 0 ok, 1 failed (or already running), 2 configuration error, 3 not running.
+//! The command line: `start`, `status`, `pid`, `reload`, `check-config`, and `task-worker`
+//! (spawned by the master). Exit codes: 0 ok, 1 failed (or already running), 2 configuration
+//! error, 3 not running.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -33,6 +34,12 @@ enum Command {
     },
     /// Print the pid of the running server (exit 3 if it is not running).
     Pid {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Replace the running server's task workers one at a time and wait for the outcome
+    /// (exit 1 if a new worker failed to start: the old ones keep serving).
+    Reload {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
@@ -83,6 +90,7 @@ fn main() {
         }
         Command::Status { config } => wspush::status::status(&config),
         Command::Pid { config } => wspush::status::print_pid(&config),
+        Command::Reload { config } => wspush::reload::reload(&config),
         Command::CheckConfig { config } => {
             match wspush::config::Config::load(&config).and_then(|c| c.load_tls().map(|_| c)) {
                 Ok(_) => {

@@ -322,7 +322,8 @@ impl Raw {
 #[test]
 fn slowloris_handshakes_are_closed_at_their_deadline() {
     let server = ServerBuilder::new("atk-slowloris")
-        .set("handshake_timeout", "1")
+        .set("handshake_timeout", "2")
+        .set("task_timeout", "1")
         .start();
     under_attack(&server, |server| {
         let mut conns: Vec<TcpStream> = (0..200)

@@ -146,6 +146,20 @@ fn a_message_size_out_of_bounds_is_named() {
 }
 
 #[test]
+fn a_task_timeout_not_below_the_handshake_timeout_is_named() {
+    let server = ServerBuilder::new("cfg-deadlines")
+        .set("handshake_timeout", "3")
+        .set("task_timeout", "3")
+        .prepare();
+    assert_refused(
+        &server,
+        Some("server.task_timeout"),
+        None,
+        Some("less than server.handshake_timeout (3 s)"),
+    );
+}
+
+#[test]
 fn a_push_peer_ip_that_is_not_an_address_is_named() {
     let server = ServerBuilder::new("cfg-peer")
         .push_peers(&[("1.2.3", "k")])

@@ -95,7 +95,8 @@ fn websocket_ping_frames_keep_a_client_open() {
 #[test]
 fn half_an_http_request_is_dropped_after_the_handshake_timeout() {
     let server = ServerBuilder::new("idle-handshake")
-        .set("handshake_timeout", "1")
+        .set("handshake_timeout", "2")
+        .set("task_timeout", "1")
         .start();
     let mut s = TcpStream::connect(("127.0.0.1", server.ws_port)).expect("connect");
     s.write_all(b"GET /?access_token=x HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n")
@@ -113,7 +114,8 @@ fn half_an_http_request_is_dropped_after_the_handshake_timeout() {
 #[test]
 fn a_silent_tcp_connection_is_dropped_after_the_handshake_timeout() {
     let server = ServerBuilder::new("idle-handshake-silent")
-        .set("handshake_timeout", "1")
+        .set("handshake_timeout", "2")
+        .set("task_timeout", "1")
         .start();
     let s = TcpStream::connect(("127.0.0.1", server.ws_port)).expect("connect");
     let got = read_until_server_closes(s, "a silent connection");
@@ -123,7 +125,8 @@ fn a_silent_tcp_connection_is_dropped_after_the_handshake_timeout() {
 #[test]
 fn the_handshake_timeout_does_not_apply_once_logged_in() {
     let server = ServerBuilder::new("idle-handshake-open")
-        .set("handshake_timeout", "1")
+        .set("handshake_timeout", "2")
+        .set("task_timeout", "1")
         .start();
     let mut c = server.login(1, "app");
     text_pings_for_a_while(&mut c);

@@ -78,7 +78,8 @@ fn failed_and_stalled_handshakes_hurt_nobody() {
     let cert = TestCert::new();
     let server = ServerBuilder::new("tls-bad")
         .tls(&cert)
-        .set("handshake_timeout", "1")
+        .set("handshake_timeout", "2")
+        .set("task_timeout", "1")
         .start();
     // A client that trusts another certificate refuses ours and says so with an alert.
     let stranger = TestCert::new();

@@ -69,3 +69,19 @@ fn proxy_lists_are_checked() {
         .metrics_allow()
         .contains("127.0.0.1".parse().unwrap()));
 }
+
+#[test]
+fn a_login_check_must_be_able_to_time_out_before_the_handshake_deadline() {
+    let c = parse("").expect("defaults");
+    assert!(c.server.task_timeout < c.server.handshake_timeout);
+    for text in [
+        "[server]\ntask_timeout = 5\n",
+        "[server]\nhandshake_timeout = 3\ntask_timeout = 4\n",
+    ] {
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.contains("test.toml"), "{e}");
+        assert!(e.contains("server.task_timeout"), "{e}");
+        assert!(e.contains("server.handshake_timeout"), "{e}");
+    }
+    parse("[server]\nhandshake_timeout = 2\ntask_timeout = 1\n").expect("1 s below");
+}

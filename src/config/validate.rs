@@ -71,6 +71,17 @@ impl Config {
                 return Err(bad(key, "must be greater than 0".into()));
             }
         }
+        // A login's token check is a task: its answer, a 503 when the check takes too long,
+        // must be possible before the client's handshake deadline.
+        if s.task_timeout >= s.handshake_timeout {
+            return Err(bad(
+                "server.task_timeout",
+                format!(
+                    "must be less than server.handshake_timeout ({} s): a login's token check is a task, and its answer (503 when the store is slow) must reach the client before the handshake deadline",
+                    s.handshake_timeout
+                ),
+            ));
+        }
         if s.rate_limit_bytes == 0 {
             return Err(bad(
                 "server.rate_limit_bytes",

@@ -20,6 +20,7 @@ mod pool;
 mod push_gate;
 mod rate;
 pub mod registry;
+mod reload_report;
 mod retry;
 mod router;
 pub(crate) mod security;
@@ -30,7 +31,7 @@ mod udp;
 pub mod ws;
 
 use crate::config::Config;
-use crate::ipc::{self, IpcError, ToWorker};
+use crate::ipc::{self, IpcError};
 use crate::net::stream::Conn;
 use crate::net::tls::{HandshakeFailure, TlsAcceptor, TlsCounters};
 use api::{ApiDoor, ApiLimits, ProxyTrust};
@@ -128,6 +129,7 @@ pub struct Master {
     work: apply::Work,
     metrics: metrics::Metrics,
     readiness: metrics::Readiness,
+    reloads: reload_report::ReloadReport,
 }
 
 /// Who may connect on the WebSocket port: the per-address rate, judged by the real client
@@ -185,12 +187,7 @@ impl Master {
                 Interest::READABLE,
             )
             .map_err(MasterError::Signals)?;
-        let mut config_frame = Vec::new();
-        ipc::encode(
-            &ToWorker::Config(Box::new(config.clone())),
-            &mut config_frame,
-        )
-        .map_err(MasterError::ConfigFrame)?;
+        let config_frame = ipc::child_greeting(&config).map_err(MasterError::ConfigFrame)?;
         let registry = poll.registry().try_clone().map_err(MasterError::Poll)?;
         let pool = Pool::new(
             config.task_workers(),
@@ -248,6 +245,7 @@ impl Master {
             doors_open: false,
             stopping: None,
             ready_notifier,
+            reloads: reload_report::ReloadReport::new(pid_file.as_deref()),
             pid_file,
             work: apply::Work::default(),
             metrics: metrics::Metrics::new(config.metrics_allow(), config.cluster_enabled(), now),
@@ -396,6 +394,9 @@ impl Master {
         }
         self.pool.tick(now);
         self.ping_workers(now);
+        for event in self.pool.take_reload_events() {
+            self.reloads.report(&event);
+        }
         if self.pool.reloading() {
             self.next_sweep = now + RELOAD_SWEEP;
         }
@@ -412,6 +413,8 @@ impl Master {
 
     fn begin_stop(&mut self, now: Instant) {
         info!("stopping: closing {} connections", self.ws.len());
+        crate::systemd::stopping();
+        self.pool.cancel_reload();
         self.stopping = Some(now + Duration::from_secs(self.config.server.shutdown_timeout));
         let reg = self.poll.registry();
         if let Some(mut l) = self.ws_listener.take() {
@@ -499,6 +502,7 @@ impl Master {
         if let Some(mut notifier) = self.ready_notifier.take() {
             let _ = writeln!(notifier, "ready {}", std::process::id());
         }
+        crate::systemd::ready("ready");
         Ok(())
     }
 

@@ -33,6 +33,11 @@ impl Transport for TcpStream {}
 
 /// TLS record type of a handshake: the first byte a TLS client sends.
 const TLS_HANDSHAKE: u8 = 0x16;
+/// What a plain HTTP request on a TLS port is told, in plain HTTP.
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+Content-Type: application/json\r\nContent-Length: 66\r\nConnection: close\r\n\r\n\
+{\"code\":400,\"msg\":\"this port speaks TLS: use https:// or wss://\"}\n";
+
 /// Read size while looking for the PROXY header.
 const HEADER_CHUNK: usize = 256;
 
@@ -232,11 +237,7 @@ impl Tls {
         // could destroy the answer before the client reads it.
         let mut sink = [0u8; 4096];
         while matches!(wire.tcp.read(&mut sink), Ok(n) if n > 0) {}
-        let body =
-            crate::master::http::error_body(400, "this port speaks TLS: use https:// or wss://");
-        let _ = wire
-            .tcp
-            .write_all(&crate::master::http::json_response(400, &body, false));
+        let _ = wire.tcp.write_all(PLAIN_HTTP_ANSWER);
         let _ = wire.tcp.shutdown(Shutdown::Write);
         self.counters.failed(HandshakeFailure::PlainHttp);
         self.failed = true;

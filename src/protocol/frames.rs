@@ -193,6 +193,16 @@ pub fn login_refused(code: u16, message: &str) -> Bytes {
     b.into_frame()
 }
 
+/// The answer to a login that cannot be checked now (the token store is down, or the check
+/// was not answered before the handshake deadline): this frame, then the close
+/// `LOGIN_UNAVAILABLE_CLOSE`.
+pub fn login_unavailable() -> Bytes {
+    login_refused(503, "service unavailable")
+}
+
+pub const LOGIN_UNAVAILABLE_CLOSE: (u16, &str) =
+    (super::close_code::TRY_AGAIN_LATER, "service unavailable");
+
 /// `{"type":"error","code":..,"message":..}`
 pub fn error(code: u16, message: &str) -> Bytes {
     let mut b = FrameBuilder::with_capacity(40 + message.len());

@@ -14,6 +14,8 @@ const FRAME_KEEP: usize = 2 * 1024 * 1024;
 #[derive(Debug)]
 pub enum WorkerError {
     Channel(IpcError),
+    /// The master is another build: nothing it sends can be trusted to decode.
+    OtherBuild(ipc::hello::HelloError),
     NoConfig,
     Store(StoreError),
 }
@@ -22,6 +24,7 @@ impl std::fmt::Display for WorkerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             WorkerError::Channel(e) => write!(f, "{e}"),
+            WorkerError::OtherBuild(e) => write!(f, "the master's hello: {e}"),
             WorkerError::NoConfig => {
                 f.write_str("the first frame from the master was not the configuration")
             }
@@ -38,10 +41,23 @@ impl From<IpcError> for WorkerError {
     }
 }
 
-/// The first frame a child reads: the resolved configuration (never re-read from a file that
-/// may have changed since the master started).
-pub fn read_config(input: &mut impl io::Read) -> Result<Box<crate::config::Config>, WorkerError> {
+/// A child's start on its channel: its hello goes out first, then it reads the master's and
+/// checks it (a master of another build is left before anything it sent is decoded), then the
+/// resolved configuration (never re-read from a file that may have changed since the master
+/// started).
+pub fn handshake(
+    input: &mut impl io::Read,
+    output: &mut impl Write,
+) -> Result<Box<crate::config::Config>, WorkerError> {
+    let mut hello = Vec::new();
+    ipc::hello::encode(&mut hello);
+    output.write_all(&hello).map_err(IpcError::Io)?;
+    output.flush().map_err(IpcError::Io)?;
     let mut frame = Vec::new();
+    if !ipc::read_frame_blocking(input, &mut frame)? {
+        return Err(WorkerError::NoConfig);
+    }
+    ipc::hello::check(&frame).map_err(WorkerError::OtherBuild)?;
     if !ipc::read_frame_blocking(input, &mut frame)? {
         return Err(WorkerError::NoConfig);
     }
@@ -57,7 +73,7 @@ pub fn run() -> Result<(), WorkerError> {
     let mut input = BufReader::with_capacity(256 * 1024, io::stdin().lock());
     let mut output = BufWriter::with_capacity(256 * 1024, io::stdout().lock());
 
-    let config = read_config(&mut input)?;
+    let config = handshake(&mut input, &mut output)?;
     if crate::logging::redirect_to(&config.server.log_file).is_err() {
         // Standard error still reaches the master's log.
     }

@@ -13,7 +13,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub fn run() -> Result<(), WorkerError> {
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
     let mut input = BufReader::new(io::stdin().lock());
-    let config = super::read_config(&mut input)?;
+    let mut out = io::stdout().lock();
+    let config = super::handshake(&mut input, &mut out)?;
     let _ = crate::logging::redirect_to(&config.server.log_file);
     crate::logging::init("subscriber", &config.server.log_level);
     let client = redis::Client::open(config.redis.url.as_str())
@@ -23,7 +24,6 @@ pub fn run() -> Result<(), WorkerError> {
         NodeName::from_config(&config).channel(),
         BROADCAST_CHANNEL.to_string(),
     ];
-    let mut out = io::stdout().lock();
     let mut backoff = Duration::from_millis(50);
     loop {
         match subscribe(&client, timeout, &channels, &mut out) {

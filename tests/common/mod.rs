@@ -202,9 +202,17 @@ impl Server {
     }
 
     /// Starts the prepared server in the foreground without waiting for anything.
-    pub fn launch(mut self) -> Server {
+    pub fn launch(self) -> Server {
+        let start = wspush_command(&["start", "--foreground"], &self.config);
+        self.launch_command(start)
+    }
+
+    /// As `launch`, with `start` as the command (another binary, another environment): it
+    /// must start this server's config in the foreground. Its standard error goes to
+    /// stderr.log.
+    pub fn launch_command(mut self, mut start: Command) -> Server {
         let stderr = std::fs::File::create(self.dir.join("stderr.log")).expect("stderr.log");
-        let child = wspush_command(&["start", "--foreground"], &self.config)
+        let child = start
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

@@ -94,7 +94,12 @@ impl Subscriber {
         };
         let mut frames = Vec::new();
         let outcome = link.flush().and_then(|()| link.read(&mut frames));
+        let mut other_build = None;
         for frame in frames {
+            if ipc::hello::is_hello(&frame) {
+                other_build = other_build.or(ipc::hello::check(&frame).err());
+                continue;
+            }
             match ipc::decode::<ToMaster>(&frame) {
                 Ok(ToMaster::Cluster(payload)) => {
                     inbound.messages.push(frame.slice_ref(payload));
@@ -114,7 +119,13 @@ impl Subscriber {
                 Err(e) => warn!("cluster subscriber sent an unreadable frame: {e}"),
             }
         }
-        if let Err(e) = outcome {
+        if let Some(e) = other_build {
+            // Its binary was replaced by an incompatible build: tried again later, as a death.
+            error!("cluster subscriber refused: {e}; restart the server to run the new build");
+            self.let_go();
+            self.lost_subscription = true;
+            self.respawn_at = Some(now + RESPAWN_AFTER);
+        } else if let Err(e) = outcome {
             match e {
                 LinkError::Closed => warn!("cluster subscriber exited; starting another"),
                 e => warn!("cluster subscriber: {e}; starting another"),

@@ -1,21 +1,57 @@
 //! The workers' lives: a worker that dies is let go and its tasks handed to its successor (or
 //! failed after `MAX_ATTEMPTS`), dead slots are respawned with a backoff, deadlines are
-//! enforced, a reload replaces one worker at a time, and shutdown waits for them all.
+//! enforced, and shutdown waits for them all. (A reload's successors are `reload`'s.)
 
 use super::{
-    Pool, Spawner, Worker, MAX_ATTEMPTS, MAX_RESPAWN_BACKOFF, MAX_STARTUP_FAILURES, ZOMBIE_GRACE,
+    Phase, Pool, Spawner, Worker, MAX_ATTEMPTS, MAX_RESPAWN_BACKOFF, MAX_STARTUP_FAILURES,
+    ZOMBIE_GRACE,
 };
+use crate::ipc::hello::HelloError;
 use crate::ipc::{Reply, TaskFailure, TaskId};
 use crate::master::child::Link;
 use crate::master::token::Generation;
 use log::{error, info, warn};
+use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
+/// Why a worker was let go (or never started).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loss {
+    /// It could not be started: the binary is missing or cannot be executed.
+    Spawn(String),
+    /// Its channel failed or was closed.
+    Channel(String),
+    Exited(String),
+    /// Its first frame was not a hello of our build.
+    OtherBuild(HelloError),
+    /// It reported that it cannot serve (its store will not open, say).
+    CannotServe(String),
+    /// A reload's successor that was not ready by its deadline.
+    NotReadyInTime(Duration),
+}
+
+impl fmt::Display for Loss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Loss::Spawn(e) => write!(f, "could not be started: {e}"),
+            Loss::Channel(e) => write!(f, "lost its channel: {e}"),
+            Loss::Exited(status) => write!(f, "exited ({status})"),
+            Loss::OtherBuild(e) => write!(f, "was refused: {e}"),
+            Loss::CannotServe(e) => write!(f, "cannot serve: {e}"),
+            Loss::NotReadyInTime(d) => write!(f, "was not ready within {} s", d.as_secs()),
+        }
+    }
+}
+
 impl<O, S: Spawner> Pool<O, S> {
     /// The worker `generation` of `slot` is gone or unusable: let it go, give its tasks to its
-    /// successor (or answer them with a failure after `MAX_ATTEMPTS`), and respawn.
-    pub(super) fn lose_worker(&mut self, slot: usize, generation: Generation, why: &str) {
+    /// successor (or answer them with a failure after `MAX_ATTEMPTS`), and respawn. A reload's
+    /// successor that is lost ends the reload instead.
+    pub(super) fn lose_worker(&mut self, slot: usize, generation: Generation, why: Loss) {
+        if self.slots[slot].is_successor(generation) {
+            return self.successor_failed(slot, why);
+        }
         let s = &mut self.slots[slot];
         let was_current = s
             .current
@@ -35,7 +71,7 @@ impl<O, S: Spawner> Pool<O, S> {
         let Some(mut w) = worker else { return };
         w.link.kill();
         warn!("task worker {slot} (pid {}) lost: {why}", w.link.pid());
-        let was_ready = w.ready;
+        let was_ready = w.ready();
         self.zombies.push((w.link, Instant::now()));
 
         // Its tasks go back to the front of the queue, in their order.
@@ -69,7 +105,7 @@ impl<O, S: Spawner> Pool<O, S> {
                     && s.spawn_failures >= MAX_STARTUP_FAILURES
                     && self.fatal.is_none()
                 {
-                    self.fatal = Some(format!("task worker {slot} exits during start-up ({why})"));
+                    self.fatal = Some(format!("task worker {slot} {why} during start-up"));
                 }
             }
             s.respawn_at = Some(Instant::now() + respawn_backoff(s.spawn_failures));
@@ -81,17 +117,13 @@ impl<O, S: Spawner> Pool<O, S> {
         self.zombies.retain_mut(|(l, _)| l.exited().is_none());
         for slot in 0..self.slots.len() {
             let mut dead = Vec::new();
-            let s = &mut self.slots[slot];
-            for w in [s.current.as_mut(), s.retiring.as_mut()]
-                .into_iter()
-                .flatten()
-            {
+            for w in self.slots[slot].each_mut() {
                 if let Some(status) = w.link.exited() {
-                    dead.push((w.generation, format!("exited ({status})")));
+                    dead.push((w.generation, Loss::Exited(status)));
                 }
             }
             for (generation, why) in dead {
-                self.lose_worker(slot, generation, &why);
+                self.lose_worker(slot, generation, why);
             }
         }
     }
@@ -136,7 +168,8 @@ impl<O, S: Spawner> Pool<O, S> {
             }
             self.retire_if_finished(slot);
         }
-        self.advance_reload();
+        self.expire_successor(now);
+        self.advance_reload(now);
     }
 
     /// A retiring worker with nothing left in flight is let go: closing its channel makes it
@@ -159,50 +192,16 @@ impl<O, S: Spawner> Pool<O, S> {
         }
     }
 
-    pub fn begin_reload(&mut self) {
-        if self.reload_queue.is_empty() {
-            info!("reloading {} task workers one at a time", self.slots.len());
-            self.reload_queue = (0..self.slots.len()).collect();
-        }
-    }
-
-    pub fn reloading(&self) -> bool {
-        !self.reload_queue.is_empty() || self.slots.iter().any(|s| s.retiring.is_some())
-    }
-
-    fn advance_reload(&mut self) {
-        // One slot at a time: the next starts once the previous has a ready successor, and
-        // never while a slot is empty (waiting for its respawn): the respawn fills it.
-        if self
-            .slots
-            .iter()
-            .any(|s| s.retiring.is_some() || s.current.as_ref().is_none_or(|w| !w.ready))
-        {
-            return;
-        }
-        let Some(slot) = self.reload_queue.pop_front() else {
-            return;
-        };
-        match self.spawn(slot) {
-            Ok(w) => {
-                let s = &mut self.slots[slot];
-                s.retiring = s.current.replace(w);
-                s.restarts += 1;
-            }
-            Err(e) => {
-                // The slot keeps its worker and waits its turn again (the next sweep).
-                error!("reload: cannot spawn task worker {slot}: {e}");
-                self.reload_queue.push_front(slot);
-            }
-        }
-    }
-
     /// Closes every channel (workers exit on end of file) and waits for them, escalating to
     /// SIGKILL after `grace`. Blocks: for after the loop only.
     pub fn shutdown(&mut self, grace: Duration) {
         let now = Instant::now();
         for s in &mut self.slots {
-            for mut w in [s.current.take(), s.retiring.take()].into_iter().flatten() {
+            let successor = s.successor.take().map(|(w, _)| w);
+            for mut w in [s.current.take(), s.retiring.take(), successor]
+                .into_iter()
+                .flatten()
+            {
                 w.link.close_channel();
                 self.zombies.push((w.link, now));
             }
@@ -237,7 +236,7 @@ impl<O, S: Spawner> Pool<O, S> {
         Ok(Worker {
             generation,
             link,
-            ready: false,
+            phase: Phase::Greeting,
         })
     }
 }

@@ -1,5 +1,7 @@
 //! Task worker slots: queue tasks, hand them to workers, collect answers, enforce deadlines,
-//! replace dead workers without losing their tasks, and reload one worker at a time. The pool
+//! replace dead workers without losing their tasks, and reload one worker at a time (`reload`:
+//! a slot's old worker serves until its successor has said hello with our build id and is
+//! ready; a successor that fails abandons the reload). The pool
 //! knows tasks only as encoded bodies with a key and an origin (whoever waits for the answer):
 //! not what they mean, nor who its caller is. Workers are reached through a `Spawner` and its
 //! `Link`s, so that the tests run all of this without processes.
@@ -8,12 +10,15 @@
 //! order, so a message kept for a uid is always seen by that uid's next login.
 
 mod lifecycle;
+mod reload;
 mod spawn;
 
+pub use lifecycle::Loss;
+pub use reload::ReloadEvent;
 pub use spawn::ProcessSpawner;
 
 use crate::ipc::{self, Reply, TaskFailure, TaskId, ToMaster, ToWorker};
-use crate::master::child::{Link, LinkError};
+use crate::master::child::Link;
 use crate::master::token::Generation;
 use bytes::Bytes;
 use log::{error, info, warn};
@@ -59,16 +64,35 @@ struct InFlight<O> {
     attempts: u8,
 }
 
+/// How far a worker has come since it was spawned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Its first frame must be a hello with our build id.
+    Greeting,
+    /// Greeted; opening its stores.
+    Starting,
+    Ready,
+}
+
 struct Worker<L> {
     generation: Generation,
     link: L,
-    ready: bool,
+    phase: Phase,
+}
+
+impl<L> Worker<L> {
+    fn ready(&self) -> bool {
+        self.phase == Phase::Ready
+    }
 }
 
 struct Slot<L> {
     current: Option<Worker<L>>,
     /// The worker being replaced by a reload; it finishes its tasks, then is let go.
     retiring: Option<Worker<L>>,
+    /// A reload's new worker, until it is ready (it then becomes `current`) or fails (the
+    /// reload is abandoned), by `deadline`.
+    successor: Option<(Worker<L>, Instant)>,
     queue: VecDeque<TaskId>,
     spawn_failures: u32,
     respawn_at: Option<Instant>,
@@ -81,12 +105,42 @@ impl<L> Default for Slot<L> {
         Slot {
             current: None,
             retiring: None,
+            successor: None,
             queue: VecDeque::new(),
             spawn_failures: 0,
             respawn_at: None,
             done: 0,
             restarts: 0,
         }
+    }
+}
+
+impl<L> Slot<L> {
+    /// Every live worker of the slot.
+    fn each(&self) -> impl Iterator<Item = &Worker<L>> {
+        [
+            self.current.as_ref(),
+            self.retiring.as_ref(),
+            self.successor.as_ref().map(|(w, _)| w),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    fn each_mut(&mut self) -> impl Iterator<Item = &mut Worker<L>> {
+        [
+            self.current.as_mut(),
+            self.retiring.as_mut(),
+            self.successor.as_mut().map(|(w, _)| w),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    fn is_successor(&self, generation: Generation) -> bool {
+        self.successor
+            .as_ref()
+            .is_some_and(|(w, _)| w.generation == generation)
     }
 }
 
@@ -113,7 +167,7 @@ pub struct Pool<O, S: Spawner> {
     task_timeout: Duration,
     /// Workers let go, waited for without blocking, and since when.
     zombies: Vec<(S::Link, Instant)>,
-    reload_queue: VecDeque<usize>,
+    reload: reload::Reloads,
     completions: Vec<Completion<O>>,
     /// Why a worker cannot serve at all (its store would not open, say).
     fatal: Option<String>,
@@ -133,7 +187,7 @@ impl<O, S: Spawner> Pool<O, S> {
             config_frame,
             task_timeout,
             zombies: Vec::new(),
-            reload_queue: VecDeque::new(),
+            reload: reload::Reloads::default(),
             completions: Vec::new(),
             fatal: None,
             ever_ready: false,
@@ -151,7 +205,7 @@ impl<O, S: Spawner> Pool<O, S> {
     pub fn all_ready(&self) -> bool {
         self.slots
             .iter()
-            .all(|s| s.current.as_ref().is_some_and(|w| w.ready))
+            .all(|s| s.current.as_ref().is_some_and(Worker::ready))
     }
 
     pub fn slot_count(&self) -> usize {
@@ -162,7 +216,7 @@ impl<O, S: Spawner> Pool<O, S> {
     pub fn slot_ready(&self, slot: usize) -> bool {
         self.slots
             .get(slot)
-            .is_some_and(|s| s.current.as_ref().is_some_and(|w| w.ready))
+            .is_some_and(|s| s.current.as_ref().is_some_and(|w| w.ready()))
     }
 
     pub fn is_idle(&self) -> bool {
@@ -235,17 +289,13 @@ impl<O, S: Spawner> Pool<O, S> {
         for slot in 0..self.slots.len() {
             self.dispatch(slot);
             let mut lost = Vec::new();
-            let s = &mut self.slots[slot];
-            for w in [s.current.as_mut(), s.retiring.as_mut()]
-                .into_iter()
-                .flatten()
-            {
+            for w in self.slots[slot].each_mut() {
                 if let Err(e) = w.link.flush() {
-                    lost.push((w.generation, e.to_string()));
+                    lost.push((w.generation, Loss::Channel(e.to_string())));
                 }
             }
             for (generation, why) in lost {
-                self.lose_worker(slot, generation, &why);
+                self.lose_worker(slot, generation, why);
             }
         }
     }
@@ -258,7 +308,7 @@ impl<O, S: Spawner> Pool<O, S> {
         if s.retiring.is_some() {
             return;
         }
-        let Some(w) = s.current.as_mut().filter(|w| w.ready) else {
+        let Some(w) = s.current.as_mut().filter(|w| w.ready()) else {
             return;
         };
         let mut unencodable = Vec::new();
@@ -288,11 +338,7 @@ impl<O, S: Spawner> Pool<O, S> {
         let mut frames = Vec::new();
         let outcome = {
             let s = &mut self.slots[slot];
-            let Some(w) = [s.current.as_mut(), s.retiring.as_mut()]
-                .into_iter()
-                .flatten()
-                .find(|w| w.generation == generation)
-            else {
+            let Some(w) = s.each_mut().find(|w| w.generation == generation) else {
                 return;
             };
             w.link.read(&mut frames).and_then(|()| w.link.flush())
@@ -300,12 +346,14 @@ impl<O, S: Spawner> Pool<O, S> {
         // One clock read for the answers of one read.
         let answered = (!frames.is_empty()).then(Instant::now);
         for frame in frames {
+            // A frame may have cost the worker its place (a hello of another build).
+            if self.slot_of(generation).is_none() {
+                return;
+            }
             self.on_frame(slot, generation, &frame, answered);
         }
-        match outcome {
-            Ok(()) => {}
-            Err(LinkError::Closed) => self.lose_worker(slot, generation, "channel closed"),
-            Err(e) => self.lose_worker(slot, generation, &e.to_string()),
+        if let Err(e) = outcome {
+            self.lose_worker(slot, generation, Loss::Channel(e.to_string()));
         }
     }
 
@@ -316,15 +364,36 @@ impl<O, S: Spawner> Pool<O, S> {
         frame: &[u8],
         answered: Option<Instant>,
     ) {
+        let s = &mut self.slots[slot];
+        let successor = s.is_successor(generation);
+        let Some(w) = s.each_mut().find(|w| w.generation == generation) else {
+            return;
+        };
+        if w.phase == Phase::Greeting {
+            match ipc::hello::check(frame) {
+                Ok(()) => w.phase = Phase::Starting,
+                Err(e) => self.lose_worker(slot, generation, Loss::OtherBuild(e)),
+            }
+            return;
+        }
         match ipc::decode::<ToMaster>(frame) {
             Ok(ToMaster::Ready { pid }) => {
-                let s = &mut self.slots[slot];
-                if let Some(w) = s.current.as_mut().filter(|w| w.generation == generation) {
-                    w.ready = true;
+                w.phase = Phase::Ready;
+                if successor {
+                    self.promote(slot);
+                } else if s
+                    .current
+                    .as_ref()
+                    .is_some_and(|w| w.generation == generation)
+                {
                     s.spawn_failures = 0;
                     self.ever_ready = true;
                     info!("task worker {slot} ready (pid {pid})");
                 }
+            }
+            // A successor that cannot serve only ends the reload; the old worker serves on.
+            Ok(ToMaster::Fatal { message }) if successor => {
+                self.lose_worker(slot, generation, Loss::CannotServe(message));
             }
             Ok(ToMaster::Fatal { message }) => {
                 error!("task worker {slot} cannot serve: {message}");
@@ -345,12 +414,9 @@ impl<O, S: Spawner> Pool<O, S> {
     }
 
     fn slot_of(&self, generation: Generation) -> Option<usize> {
-        self.slots.iter().position(|s| {
-            [s.current.as_ref(), s.retiring.as_ref()]
-                .into_iter()
-                .flatten()
-                .any(|w| w.generation == generation)
-        })
+        self.slots
+            .iter()
+            .position(|s| s.each().any(|w| w.generation == generation))
     }
 
     pub fn stats(&self) -> Vec<SlotStats> {
@@ -360,7 +426,7 @@ impl<O, S: Spawner> Pool<O, S> {
             .map(|(i, s)| SlotStats {
                 slot: i,
                 pid: s.current.as_ref().map(|w| w.link.pid()),
-                ready: s.current.as_ref().is_some_and(|w| w.ready),
+                ready: s.current.as_ref().is_some_and(Worker::ready),
                 queued: s.queue.len(),
                 in_flight: self
                     .inflight
@@ -376,21 +442,15 @@ impl<O, S: Spawner> Pool<O, S> {
     pub fn worker_pids(&self) -> Vec<u32> {
         self.slots
             .iter()
-            .flat_map(|s| [s.current.as_ref(), s.retiring.as_ref()])
-            .flatten()
+            .flat_map(Slot::each)
             .map(|w| w.link.pid())
             .collect()
     }
 
     /// Asks every worker to reopen its log file.
     pub fn reopen_logs(&mut self) {
-        for s in &mut self.slots {
-            for w in [s.current.as_mut(), s.retiring.as_mut()]
-                .into_iter()
-                .flatten()
-            {
-                let _ = ipc::encode(&ToWorker::ReopenLog, w.link.out());
-            }
+        for w in self.slots.iter_mut().flat_map(Slot::each_mut) {
+            let _ = ipc::encode(&ToWorker::ReopenLog, w.link.out());
         }
     }
 }

@@ -94,10 +94,9 @@ impl Router {
                 }
                 self.stats.logins_refused += 1;
                 self.stats.logins_unavailable += 1;
-                let frame = frames::login_refused(503, "service unavailable");
-                ws.send(conn, Outgoing::Frame(frame), now);
-                let why = "service unavailable";
-                ws.close(conn, close_code::TRY_AGAIN_LATER, why, now);
+                ws.send(conn, Outgoing::Frame(frames::login_unavailable()), now);
+                let (code, why) = frames::LOGIN_UNAVAILABLE_CLOSE;
+                ws.close(conn, code, why, now);
                 return self.take_done(uid, true, false);
             }
         };

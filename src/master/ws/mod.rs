@@ -461,9 +461,21 @@ impl<S: Transport> Sessions<S> {
                     now,
                 ),
                 Sweep::ReleaseUpgrade => self.mark(conn),
+                Sweep::LoginTimedOut => self.refuse_late_login(conn, now),
                 Sweep::SlowConsumer => self.cut_off(conn, now),
             }
         }
+    }
+
+    /// A login whose check did not come back in time gets the store-unavailable answer (503,
+    /// 1013) while the client still waits; the check's late answer finds it gone.
+    fn refuse_late_login(&mut self, conn: ConnId, now: Instant) {
+        self.stats.logins_refused += 1;
+        log::warn!("connection {conn}: its login was not checked in time; refused with 503");
+        let frame = crate::protocol::frames::login_unavailable();
+        self.send(conn, Outgoing::Frame(frame), now);
+        let (code, reason) = crate::protocol::frames::LOGIN_UNAVAILABLE_CLOSE;
+        self.close(conn, code, reason, now);
     }
 
     /// Closes a connection that does not read with 1008; what it never got is reported.

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 /// How long a closing connection may take to flush its close frame and hear the peer's.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// A login not answered this long before the handshake deadline is refused (503, 1013): the
+/// sweep runs every 250 ms, so the refusal is on the wire before the deadline.
+pub const LOGIN_ANSWER_MARGIN: Duration = Duration::from_millis(500);
 
 /// What every session obeys, from the configuration.
 #[derive(Debug, Clone)]
@@ -62,7 +65,8 @@ enum State {
     },
     /// Upgraded; the login is being checked, and nothing is read meanwhile. The 101 answer
     /// waits in the queue for the login frame, so that both leave in one TCP packet, unless
-    /// the check is slow (`hold_upgrade` is cleared by the sweep).
+    /// the check is slow (`hold_upgrade` is cleared by the sweep). `deadline` is the
+    /// handshake's: a check not answered by `LOGIN_ANSWER_MARGIN` before it is refused.
     LoggingIn {
         deadline: Instant,
         hold_upgrade: bool,
@@ -99,6 +103,8 @@ pub enum Sweep {
     Idle,
     /// The held 101 answer may go now.
     ReleaseUpgrade,
+    /// Its login was not answered in time: refuse it (503, 1013) before the handshake deadline.
+    LoginTimedOut,
     /// Its queue stayed full too long: cut it off.
     SlowConsumer,
 }
@@ -377,13 +383,16 @@ impl<S: Transport> Session<S> {
     pub fn sweep(&mut self, now: Instant, cfg: &SessionConfig) -> Sweep {
         let queued = self.out.len();
         match &mut self.state {
+            State::LoggingIn { deadline, .. } if *deadline <= now + LOGIN_ANSWER_MARGIN => {
+                Sweep::LoginTimedOut
+            }
             State::LoggingIn { hold_upgrade, .. } if *hold_upgrade => {
                 // The login check is slow: the client gets its 101 now, the login frame later.
                 *hold_upgrade = false;
                 Sweep::ReleaseUpgrade
             }
+            State::LoggingIn { .. } => Sweep::Nothing,
             State::Handshake { deadline, .. }
-            | State::LoggingIn { deadline, .. }
             | State::Page { deadline }
             | State::Closing { deadline, .. } => {
                 if *deadline <= now {
@@ -410,6 +419,8 @@ impl<S: Transport> Session<S> {
     }
 }
 
+#[cfg(test)]
+mod login_deadline_tests;
 mod read;
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@
 //! scripts deaths, exits and write errors.
 
 use super::*;
+use crate::master::child::LinkError;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -27,6 +28,8 @@ struct WorkerState {
     exit_on_close: bool,
     channel_closed: bool,
     killed: bool,
+    /// The test has sent its hello.
+    greeted: bool,
 }
 
 struct FakeLink {
@@ -127,12 +130,29 @@ impl Fake {
     fn send(&self, pool: &mut TestPool, n: usize, msg: &ToMaster<'_>) {
         let mut framed = Vec::new();
         ipc::encode(msg, &mut framed).expect("encode a frame");
+        self.send_framed(pool, n, framed);
+    }
+    fn send_framed(&self, pool: &mut TestPool, n: usize, framed: Vec<u8>) {
         // What `FrameReader::next_frame` hands out: the body without its length.
         let body = Bytes::from(framed).slice(4..);
         self.worker(n).borrow_mut().incoming.push(body);
         pool.on_event(self.generation(n));
     }
+    /// Worker `n` says hello with the build id `id`.
+    fn hello_as(&self, pool: &mut TestPool, n: usize, id: &str) {
+        let mut framed = Vec::new();
+        ipc::hello::encode_id(id, &mut framed);
+        self.send_framed(pool, n, framed);
+    }
+    fn hello(&self, pool: &mut TestPool, n: usize) {
+        self.hello_as(pool, n, &ipc::hello::build_id());
+    }
+    /// Worker `n` says hello (once) and reports ready.
     fn ready(&self, pool: &mut TestPool, n: usize) {
+        if !self.worker(n).borrow().greeted {
+            self.hello(pool, n);
+            self.worker(n).borrow_mut().greeted = true;
+        }
         let pid = 1000 + self.generation(n).0 as u32;
         self.send(pool, n, &ToMaster::Ready { pid });
     }
@@ -363,91 +383,6 @@ fn queued_and_in_flight_tasks_time_out_at_their_deadline() {
 }
 
 #[test]
-fn during_a_reload_the_new_worker_takes_tasks_only_after_the_retiring_one_has_finished() {
-    let (mut pool, fake) = ready_pool(1);
-    let a = pool.submit(0, b("a"), 1);
-    let bb = pool.submit(0, b("b"), 2);
-    pool.flush();
-    pool.begin_reload();
-    assert!(pool.reloading());
-    pool.tick(Instant::now());
-    assert_eq!(fake.count(), 2);
-    let c = pool.submit(0, b("c"), 3);
-    fake.ready(&mut pool, 1);
-    pool.flush();
-    fake.assert_sent(1, &[]);
-    fake.answer(&mut pool, 0, a, Reply::Ok);
-    pool.tick(Instant::now());
-    pool.flush();
-    fake.assert_sent(1, &[]);
-    assert!(!fake.worker(0).borrow().channel_closed, "b is in flight");
-    assert!(pool.reloading());
-    fake.answer(&mut pool, 0, bb, Reply::Ok);
-    assert_eq!(replies(&mut pool), [(1, Reply::Ok), (2, Reply::Ok)]);
-    pool.tick(Instant::now());
-    assert!(fake.worker(0).borrow().channel_closed);
-    assert!(!fake.worker(0).borrow().killed);
-    assert!(!pool.reloading());
-    pool.flush();
-    fake.assert_sent(1, &[(c, "c")]);
-    fake.assert_sent(0, &[(a, "a"), (bb, "b")]);
-    assert_eq!(pool.stats()[0].restarts, 1);
-}
-
-#[test]
-fn a_retiring_worker_that_dies_hands_its_tasks_to_the_new_worker_first() {
-    let (mut pool, fake) = ready_pool(1);
-    let a = pool.submit(0, b("a"), 1);
-    let bb = pool.submit(0, b("b"), 2);
-    pool.flush();
-    pool.begin_reload();
-    pool.tick(Instant::now());
-    fake.ready(&mut pool, 1);
-    let c = pool.submit(0, b("c"), 3);
-    fake.close(&mut pool, 0);
-    assert!(fake.worker(0).borrow().killed);
-    assert!(!pool.reloading());
-    pool.flush();
-    fake.assert_sent(1, &[(a, "a"), (bb, "b"), (c, "c")]);
-    pool.tick(Instant::now());
-    assert_eq!(fake.count(), 2, "the slot has its worker: no respawn");
-}
-
-#[test]
-fn a_reload_goes_one_slot_at_a_time_and_waits_for_each_new_worker_to_be_ready() {
-    let (mut pool, fake) = ready_pool(2);
-    let a = pool.submit(0, b("a"), 1);
-    let c = pool.submit(1, b("c"), 2);
-    pool.flush();
-    pool.begin_reload();
-    pool.tick(Instant::now());
-    assert_eq!(fake.count(), 3);
-    assert_eq!(fake.worker(2).borrow().slot, 0, "slot 0 first");
-    pool.tick(Instant::now());
-    assert_eq!(fake.count(), 3, "slot 1 waits for slot 0");
-    fake.answer(&mut pool, 0, a, Reply::Ok);
-    pool.tick(Instant::now());
-    assert!(fake.worker(0).borrow().channel_closed);
-    assert_eq!(fake.count(), 3, "slot 0's new worker is not ready yet");
-    assert!(pool.reloading());
-    fake.ready(&mut pool, 2);
-    pool.tick(Instant::now());
-    assert_eq!(fake.count(), 4);
-    assert_eq!(fake.worker(3).borrow().slot, 1);
-    assert!(!fake.worker(1).borrow().channel_closed, "c is in flight");
-    pool.flush();
-    fake.assert_sent(3, &[]);
-    fake.answer(&mut pool, 1, c, Reply::Ok);
-    pool.tick(Instant::now());
-    assert!(fake.worker(1).borrow().channel_closed);
-    assert!(!pool.reloading());
-    fake.ready(&mut pool, 3);
-    pool.tick(Instant::now());
-    assert_eq!(fake.count(), 4, "each slot is reloaded once");
-    assert!(pool.all_ready());
-}
-
-#[test]
 fn workers_that_die_before_ever_being_ready_three_times_are_fatal_with_growing_backoff() {
     assert_eq!(MAX_STARTUP_FAILURES, 3);
     let (mut pool, fake) = started(1);
@@ -523,7 +458,7 @@ fn shutdown_closes_every_channel_and_kills_what_does_not_exit() {
     pool.flush();
     pool.begin_reload();
     pool.tick(Instant::now());
-    assert_eq!(fake.count(), 3, "slot 0 has a retiring worker too");
+    assert_eq!(fake.count(), 3, "slot 0 has a new worker starting too");
     fake.worker(0).borrow_mut().exit_on_close = true;
     fake.worker(2).borrow_mut().exit_on_close = true;
     pool.shutdown(Duration::ZERO);
@@ -534,3 +469,5 @@ fn shutdown_closes_every_channel_and_kills_what_does_not_exit() {
     }
     assert!(pool.worker_pids().is_empty());
 }
+
+mod reload;
