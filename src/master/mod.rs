@@ -13,6 +13,7 @@ mod child;
 mod cluster;
 pub mod http;
 mod ip_limit;
+mod lifecycle;
 mod memory;
 pub mod message;
 mod metrics;
@@ -25,6 +26,7 @@ mod retry;
 mod router;
 pub(crate) mod security;
 mod signals;
+mod stats;
 mod store_queue;
 mod token;
 mod udp;
@@ -33,7 +35,7 @@ pub mod ws;
 use crate::config::Config;
 use crate::ipc::{self, IpcError};
 use crate::net::stream::Conn;
-use crate::net::tls::{HandshakeFailure, TlsAcceptor, TlsCounters};
+use crate::net::tls::{TlsAcceptor, TlsCounters};
 use api::{ApiDoor, ApiLimits, ProxyTrust};
 use cluster::Cluster;
 use log::{error, info, warn};
@@ -409,167 +411,5 @@ impl Master {
                 self.pool.submit(key, body, origin);
             }
         }
-    }
-
-    fn begin_stop(&mut self, now: Instant) {
-        info!("stopping: closing {} connections", self.ws.len());
-        crate::systemd::stopping();
-        self.pool.cancel_reload();
-        self.stopping = Some(now + Duration::from_secs(self.config.server.shutdown_timeout));
-        let reg = self.poll.registry();
-        if let Some(mut l) = self.ws_listener.take() {
-            let _ = reg.deregister(l.listener_mut());
-        }
-        if let Some(mut udp) = self.udp.take() {
-            let _ = reg.deregister(udp.socket_mut());
-        }
-        self.udp_backlog = false;
-        self.ws.close_all(now);
-        self.api.stop(reg);
-    }
-
-    fn ready_to_exit(&self, now: Instant) -> bool {
-        match self.stopping {
-            None => false,
-            Some(deadline) => {
-                now >= deadline
-                    || (self.ws.is_empty()
-                        && self.api.is_empty()
-                        && self.pool.is_idle()
-                        && self.router.store().is_idle()
-                        && self.cluster.as_ref().is_none_or(Cluster::idle))
-            }
-        }
-    }
-
-    fn finish(&mut self) {
-        if !self.pool.is_idle() {
-            warn!("stopping with task(s) still in flight after the shutdown timeout");
-        }
-        let waiting = self.router.store().pending_writes();
-        if waiting > 0 {
-            error!("stopping with {waiting} message(s) the store never accepted: they are lost");
-        }
-        self.pool.shutdown(Duration::from_secs(2));
-        if let Some(c) = self.cluster.as_mut() {
-            c.stop();
-        }
-        if let Some(pid_file) = &self.pid_file {
-            let _ = std::fs::remove_file(pid_file);
-        }
-        info!("stopped");
-    }
-
-    /// Tells the `start` command (waiting in the parent) that every worker is up, or why not.
-    fn report_readiness(&mut self) -> Result<(), MasterError> {
-        if self.doors_open {
-            if let Some(message) = self.pool.take_fatal() {
-                error!("a task worker cannot serve: {message}");
-            }
-            return Ok(());
-        }
-        if let Some(message) = self.pool.take_fatal() {
-            if let Some(mut notifier) = self.ready_notifier.take() {
-                let _ = writeln!(notifier, "error: a task worker cannot start: {message}");
-            }
-            self.pool.shutdown(Duration::from_secs(1));
-            if let Some(c) = self.cluster.as_mut() {
-                c.stop();
-            }
-            return Err(MasterError::WorkerCannotStart(message));
-        }
-        if !self.pool.all_ready() || !self.cluster.as_ref().is_none_or(Cluster::ready) {
-            return Ok(());
-        }
-        self.open_doors().map_err(MasterError::OpenDoors)?;
-        let s = &self.config.server;
-        info!(
-            "ready: ws {} udp {} http {} on {}, {} task workers, up to {} connections{}",
-            s.ws_port,
-            s.udp_port,
-            s.http_port,
-            s.host,
-            self.config.task_workers(),
-            self.ws_listener
-                .as_ref()
-                .map_or(0, WsListener::max_connections),
-            if self.cluster.is_some() {
-                ", cluster mode (Redis)"
-            } else {
-                ""
-            }
-        );
-        if let Some(mut notifier) = self.ready_notifier.take() {
-            let _ = writeln!(notifier, "ready {}", std::process::id());
-        }
-        crate::systemd::ready("ready");
-        Ok(())
-    }
-
-    fn open_doors(&mut self) -> io::Result<()> {
-        let reg = self.poll.registry();
-        if let Some(l) = self.ws_listener.as_mut() {
-            reg.register(
-                l.listener_mut(),
-                Token::WsListener.into(),
-                Interest::READABLE,
-            )?;
-        }
-        if let Some(l) = self.api.listener_mut() {
-            reg.register(l, Token::ApiListener.into(), Interest::READABLE)?;
-        }
-        if let Some(udp) = self.udp.as_mut() {
-            reg.register(udp.socket_mut(), Token::Udp.into(), Interest::READABLE)?;
-        }
-        self.doors_open = true;
-        Ok(())
-    }
-
-    fn tls_stats(&self) -> serde_json::Value {
-        let c = &self.tls_counters;
-        let failures: serde_json::Map<String, serde_json::Value> = HandshakeFailure::ALL
-            .iter()
-            .map(|f| (f.label().to_string(), c.failures(*f).into()))
-            .collect();
-        serde_json::json!({"handshakes": c.handshakes(), "failures": failures})
-    }
-
-    fn stats_json(&self) -> String {
-        let ws = self.ws.stats();
-        let r = self.router.stats();
-        let store = self.router.store();
-        serde_json::json!({
-            "code": 0,
-            "pid": std::process::id(),
-            "uptime": self.started.elapsed().as_secs(),
-            "connections": self.ws.len(),
-            "max_connections": self.ws_listener.as_ref().map_or(0, WsListener::max_connections),
-            "online_users": self.router.registry().online_users(),
-            "online_connections": self.router.registry().registered_connections(),
-            "accepted": ws.accepted,
-            "refused_over_cap": ws.refused_over_cap,
-            "refused_rate_ip": ws.refused_rate_ip,
-            "refused_push_rate": self.gate.refused_rate,
-            "refused_busy": r.refused_busy,
-            "backups_skipped": r.backups_skipped,
-            "logins": r.logins,
-            "logins_refused": r.logins_refused + ws.logins_refused,
-            "messages_in": ws.messages_in,
-            "messages_out": ws.frames_out,
-            "pushes": r.pushes,
-            "slow_consumers": ws.slow_consumers,
-            "store_backlog_bytes": self.pool.backlog_bytes(),
-            "store_retry_queue": store.waiting_for_retry(),
-            "store_dropped": store.dropped(),
-            "store_refused": r.store_refused,
-            "cluster": self.cluster.as_ref().map(|c| serde_json::json!({
-                "node": c.node(),
-                "subscribed": c.subscribed(),
-            })),
-            "workers": self.pool.stats(),
-            "worker_pids": self.pool.worker_pids(),
-            "tls": self.config.tls_enabled().then(|| self.tls_stats()),
-        })
-        .to_string()
     }
 }
