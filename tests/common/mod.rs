@@ -2,6 +2,7 @@
 //! it with real clients: WebSocket (tungstenite), UDP and HTTP. Nothing here sleeps for a fixed
 //! time to wait for the server: everything polls with a deadline.
 #![allow(dead_code)]
+pub mod browser;
 pub mod cluster;
 pub mod services;
 pub mod tls;

@@ -2,6 +2,7 @@
 //! clients (HTTPS, WSS) that trust exactly it.
 
 use super::{parse_response, Client, WAIT};
+use base64::Engine;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use std::io::{Read, Write};
@@ -16,6 +17,9 @@ pub struct TestCert {
     pub cert_pem: String,
     pub key_pem: String,
     pub client: Arc<ClientConfig>,
+    /// Base64 of the SHA-256 of the certificate's SubjectPublicKeyInfo: what Chromium's
+    /// `--ignore-certificate-errors-spki-list` takes to trust exactly this certificate.
+    pub spki_sha256: String,
 }
 
 impl TestCert {
@@ -30,10 +34,14 @@ impl TestCert {
             .with_root_certificates(roots)
             .with_no_client_auth();
         client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&c.signing_key);
+        let spki_sha256 = base64::engine::general_purpose::STANDARD
+            .encode(<sha2::Sha256 as sha2::Digest>::digest(&spki));
         TestCert {
             cert_pem: c.cert.pem(),
             key_pem: c.signing_key.serialize_pem(),
             client: Arc::new(client),
+            spki_sha256,
         }
     }
 
