@@ -2,11 +2,15 @@
 //! reading the server's processes (master and workers) from /proc.
 #![allow(dead_code)]
 
+pub mod tls;
+
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const SECRET: &str = "bench-secret";
@@ -36,6 +40,8 @@ pub struct BenchServer {
     pub udp: u16,
     pub http: u16,
     pub dir: PathBuf,
+    /// Serving wss:// and https:// with this certificate; the client configuration trusts it.
+    pub tls: Option<(tls::BenchCert, Arc<ClientConfig>)>,
 }
 
 impl Drop for BenchServer {
@@ -61,10 +67,26 @@ impl BenchServer {
 
     /// As `start`, with `storage` as the `[storage]` section's lines.
     pub fn start_with(tag: &str, server: &str, storage: &str, sections: &str) -> BenchServer {
+        BenchServer::start_tls(tag, server, storage, sections, None)
+    }
+
+    /// As `start_with`; with `cert`, both TCP ports speak TLS with it (and this side's HTTP
+    /// calls speak https).
+    pub fn start_tls(
+        tag: &str,
+        server: &str,
+        storage: &str,
+        sections: &str,
+        cert: Option<tls::BenchCert>,
+    ) -> BenchServer {
         let dir = std::env::temp_dir().join(format!("wspush-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
         let (ws, udp, http) = (free_port(), free_port(), free_port());
+        let tls_lines = cert
+            .as_ref()
+            .map_or(String::new(), |c| c.server_lines(&dir));
+        let server = format!("{server}{tls_lines}");
         let config = format!(
             "[server]\nws_port = {ws}\nudp_port = {udp}\nhttp_port = {http}\ntask_worker_num = 2\ndaemonize = false\n\
              pid_file = \"{d}/wspush.pid\"\nlog_file = \"{d}/wspush.log\"\ndata_dir = \"{d}/data\"\nlog_level = \"warn\"\n\
@@ -86,6 +108,10 @@ impl BenchServer {
             udp,
             http,
             dir,
+            tls: cert.map(|c| {
+                let client = tls::client_config(&c.der);
+                (c, client)
+            }),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -102,7 +128,11 @@ impl BenchServer {
 
     /// `/api/stats` once every worker is ready.
     pub fn stats(&self) -> Option<Value> {
-        stats_on(self.http)
+        stats_over(self.http, self.tls_client())
+    }
+
+    fn tls_client(&self) -> Option<&Arc<ClientConfig>> {
+        self.tls.as_ref().map(|(_, client)| client)
     }
 
     /// The master and its task workers.
@@ -123,7 +153,8 @@ impl BenchServer {
             })
             .collect();
         for chunk in requests.chunks(500) {
-            for reply in http_exchange(self.http, chunk).expect("token replies") {
+            let replies = http_exchange_over(self.http, self.tls_client(), chunk);
+            for reply in replies.expect("token replies") {
                 assert!(reply.contains("\"code\":0"), "{reply}");
             }
         }
@@ -132,9 +163,14 @@ impl BenchServer {
 
 /// `/api/stats` of the server on `http_port`, once every worker is ready.
 pub fn stats_on(http_port: u16) -> Option<Value> {
+    stats_over(http_port, None)
+}
+
+/// As `stats_on`, over https when `tls` is given.
+pub fn stats_over(http_port: u16, tls: Option<&Arc<ClientConfig>>) -> Option<Value> {
     let req =
         format!("GET /api/stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\r\n\r\n");
-    let body = http_exchange(http_port, &[req])?.pop()?;
+    let body = http_exchange_over(http_port, tls, &[req])?.pop()?;
     let v: Value = serde_json::from_str(&body).ok()?;
     v["workers"]
         .as_array()?
@@ -145,9 +181,29 @@ pub fn stats_on(http_port: u16) -> Option<Value> {
 
 /// Sends `requests` on one keep-alive connection, pipelined, and returns the response bodies.
 pub fn http_exchange(port: u16, requests: &[String]) -> Option<Vec<String>> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    http_exchange_over(port, None, requests)
+}
+
+/// As `http_exchange`, over https when `tls` is given.
+pub fn http_exchange_over(
+    port: u16,
+    tls: Option<&Arc<ClientConfig>>,
+    requests: &[String],
+) -> Option<Vec<String>> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    match tls {
+        None => exchange(tcp, requests),
+        Some(config) => {
+            let conn = ClientConnection::new(config.clone(), tls::server_name()).ok()?;
+            exchange(StreamOwned::new(conn, tcp), requests)
+        }
+    }
+}
+
+fn exchange(mut s: impl Read + Write, requests: &[String]) -> Option<Vec<String>> {
     s.write_all(requests.concat().as_bytes()).ok()?;
+    s.flush().ok()?;
     let mut got = Vec::new();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 65536];

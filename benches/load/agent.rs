@@ -11,9 +11,11 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use rustls::ClientConfig;
 use serde::Deserialize;
 use std::io::{ErrorKind, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::Duration;
 use tungstenite::Utf8Bytes;
 
@@ -63,6 +65,8 @@ struct Connecting {
     last_ns: u64,
     deadline_ns: u64,
     hist: Histogram<u64>,
+    /// wss://: one configuration for every client of this agent.
+    tls: Option<Arc<ClientConfig>>,
 }
 
 struct Expecting {
@@ -193,7 +197,15 @@ impl Agent {
                 last_uid,
                 max_pending,
                 timeout_ms,
+                tls_cert,
             } => {
+                let tls = tls_cert.map(|b64| {
+                    use base64::Engine;
+                    let der = base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .expect("the server's certificate");
+                    crate::common::tls::client_config(&der)
+                });
                 self.first_uid = first_uid;
                 self.clients = (first_uid..=last_uid).map(|_| None).collect();
                 self.connecting = Some(Connecting {
@@ -209,6 +221,7 @@ impl Agent {
                     last_ns: now,
                     deadline_ns: now + timeout_ms * 1_000_000,
                     hist: new_hist(),
+                    tls,
                 });
                 self.pump_connects();
             }
@@ -278,7 +291,8 @@ impl Agent {
             c.next_uid += 1;
             let i = (uid - self.first_uid) as usize;
             let token = wspush::protocol::encode_access_token(&format!("t{uid}"), uid, "app");
-            let started = Client::connect(uid, c.source, c.server, &token, now_ns()).and_then(
+            let tls = c.tls.as_ref();
+            let started = Client::connect(uid, c.source, c.server, &token, now_ns(), tls).and_then(
                 |mut client| {
                     client.register(self.poll.registry(), Token(i))?;
                     Ok(client)
@@ -421,6 +435,11 @@ impl Agent {
             return;
         };
         if ok {
+            if c.ok == 0 && self.index == 0 {
+                if let Some(tls) = client.tls_summary() {
+                    eprintln!("load: TLS: {tls}");
+                }
+            }
             client.logged_in = true;
             c.ok += 1;
             c.last_ns = now;

@@ -1,8 +1,10 @@
 //! One WebSocket client of an agent: a non-blocking connect from a chosen loopback source
-//! address, the HTTP upgrade written and parsed by hand, then frames through tungstenite's
-//! `WebSocketContext` over the mio stream. What the frames mean is the agent's business.
+//! address, TLS over it if asked (`Link`), the HTTP upgrade written and parsed by hand, then
+//! frames through tungstenite's `WebSocketContext` over the link. What the frames mean is the
+//! agent's business.
 
 use crate::chat::ChatSender;
+use crate::link::Link;
 use crate::tally::Stream;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
@@ -11,6 +13,7 @@ use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, Sockadd
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use tungstenite::error::Error as WsError;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Message, Utf8Bytes};
@@ -52,7 +55,7 @@ pub enum Status {
 
 pub struct Client {
     pub uid: u64,
-    stream: TcpStream,
+    stream: Link,
     phase: Phase,
     /// Frames are waiting in tungstenite's buffer for the socket to take them.
     unsent: bool,
@@ -65,13 +68,15 @@ pub struct Client {
 }
 
 impl Client {
-    /// Starts a non-blocking connect from `source` (port chosen by the kernel) to `server`.
+    /// Starts a non-blocking connect from `source` (port chosen by the kernel) to `server`,
+    /// over TLS with `tls`.
     pub fn connect(
         uid: u64,
         source: Ipv4Addr,
         server: SocketAddrV4,
         access_token: &str,
         started_ns: u64,
+        tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> io::Result<Client> {
         let fd = socket::socket(
             AddressFamily::Inet,
@@ -91,7 +96,11 @@ impl Client {
             Ok(()) | Err(Errno::EINPROGRESS) => {}
             Err(e) => return Err(e.into()),
         }
-        let stream = TcpStream::from_std(std::net::TcpStream::from(fd));
+        let tcp = TcpStream::from_std(std::net::TcpStream::from(fd));
+        let stream = match tls {
+            None => Link::plain(tcp),
+            Some(config) => Link::tls(tcp, config)?,
+        };
         let key = tungstenite::handshake::client::generate_key();
         let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
         let request = format!(
@@ -118,7 +127,7 @@ impl Client {
     pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         // Edge-triggered, both ways from the start: writable is how a connect completes.
         registry.register(
-            &mut self.stream,
+            self.stream.tcp_mut(),
             token,
             Interest::READABLE | Interest::WRITABLE,
         )
@@ -127,9 +136,18 @@ impl Client {
     /// Moves the client as far as the socket allows; text frames that arrived are appended to
     /// `texts`.
     pub fn on_ready(&mut self, texts: &mut Vec<Utf8Bytes>) -> Status {
+        if !matches!(self.phase, Phase::Connecting(_)) {
+            // TLS records the socket refused before may go now.
+            match self.stream.push() {
+                Err(e) if e.kind() != ErrorKind::WouldBlock => {
+                    return Status::Closed(format!("writing: {e}"))
+                }
+                _ => {}
+            }
+        }
         loop {
             self.phase = match &mut self.phase {
-                Phase::Connecting(up) => match connect_result(&self.stream) {
+                Phase::Connecting(up) => match connect_result(self.stream.tcp()) {
                     Ok(false) => return Status::Alive,
                     Ok(true) => Phase::Upgrading(std::mem::take(up)),
                     Err(e) => return Status::Failed(format!("connect: {e}")),
@@ -155,6 +173,11 @@ impl Client {
                 }
             };
         }
+    }
+
+    /// What TLS negotiated, on a TLS connection whose handshake is done.
+    pub fn tls_summary(&self) -> Option<String> {
+        self.stream.tls_summary()
     }
 
     /// Queues a text frame; `flush` sends what is queued.
@@ -202,10 +225,7 @@ fn connect_result(stream: &TcpStream) -> io::Result<bool> {
 }
 
 /// Writes the request and reads the response; the WebSocket context once a 101 has come.
-fn upgrade(
-    stream: &mut TcpStream,
-    up: &mut Upgrade,
-) -> Result<Option<Box<WebSocketContext>>, String> {
+fn upgrade(stream: &mut Link, up: &mut Upgrade) -> Result<Option<Box<WebSocketContext>>, String> {
     while up.written < up.request.len() {
         match stream.write(&up.request[up.written..]) {
             Ok(0) => return Err("closed while sending the upgrade".into()),
@@ -266,18 +286,13 @@ fn upgrade(
 /// socket is drained (edge-triggered epoll reports whatever arrives later), so the next read
 /// says WouldBlock without the system call that would say so.
 struct Drained<'a> {
-    stream: &'a mut TcpStream,
+    stream: &'a mut Link,
     empty: bool,
 }
 
 impl Read for Drained<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.empty {
-            return Err(ErrorKind::WouldBlock.into());
-        }
-        let n = self.stream.read(buf)?;
-        self.empty = n < buf.len();
-        Ok(n)
+        self.stream.read_drained(buf, &mut self.empty)
     }
 }
 
@@ -293,7 +308,7 @@ impl Write for Drained<'_> {
 
 /// Reads frames until the socket would block.
 fn read_frames(
-    stream: &mut TcpStream,
+    stream: &mut Link,
     ctx: &mut WebSocketContext,
     texts: &mut Vec<Utf8Bytes>,
 ) -> Status {

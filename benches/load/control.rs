@@ -16,7 +16,7 @@ const HIST_MAX_NS: u64 = 60_000_000_000;
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
     /// Connect and log in uids `first_uid..=last_uid` from `source_ip`, at most `max_pending`
-    /// handshakes at once; answered with `Reply::Connected`.
+    /// handshakes at once (TLS ones with `tls_cert`); answered with `Reply::Connected`.
     Connect {
         ws_port: u16,
         source_ip: String,
@@ -24,6 +24,9 @@ pub enum Command {
         last_uid: u64,
         max_pending: usize,
         timeout_ms: u64,
+        /// wss://: the server's certificate (DER, base64), the one the clients trust.
+        #[serde(default)]
+        tls_cert: Option<String>,
     },
     /// Each listed sender sends `messages` chat frames round robin over its receivers, with at
     /// most `window` un-acked; answered with `Reply::ChatDone` once all are acked.

@@ -24,7 +24,8 @@
 //! Options: `--users N`, `--messages N`, `--window N`, `--agents N` (default: at most 9,500
 //! connections each, at least 2), `--rate N` (pushes per second), `--rounds N`, `--senders N`,
 //! `--max-pending N` (handshakes under way at once, all agents together), `--keep` (every
-//! message kept, as on the default configuration; otherwise only undelivered ones).
+//! message kept, as on the default configuration; otherwise only undelivered ones), `--tls`
+//! (wss:// and https:// with a throwaway certificate; UDP pushes stay as they are).
 
 use clap::{Parser, ValueEnum};
 
@@ -36,6 +37,7 @@ mod common;
 mod control;
 mod fleet;
 mod flood;
+mod link;
 mod pusher;
 mod report;
 mod scenarios;
@@ -99,6 +101,11 @@ struct Args {
     /// The `store` scenario always does.
     #[arg(long)]
     keep: bool,
+    /// wss:// and https://: the server gets a throwaway self-signed certificate, the agents
+    /// connect through TLS (a full handshake each) and the coordinator's HTTP calls use it.
+    /// UDP pushes are unchanged. Not for `flood`.
+    #[arg(long)]
+    tls: bool,
     /// Content bytes of each flood push.
     #[arg(long, default_value_t = 60_000)]
     size: usize,
@@ -114,6 +121,7 @@ fn main() {
     }
     let args = Args::parse();
     if args.scenario == Scenario::Flood {
+        assert!(!args.tls, "flood has no TLS mode");
         let options = flood::Options {
             users: args.users.unwrap_or(2),
             messages: args.messages.unwrap_or(2_580),
@@ -138,7 +146,13 @@ fn main() {
         .agents
         .unwrap_or_else(|| users.div_ceil(CONNS_PER_AGENT).max(2) as usize);
     let store = (args.scenario == Scenario::Store || args.keep).then(store::Store::from_env);
-    let mut bench = scenarios::Bench::start(users, agents, args.max_pending.max(1), store.as_ref());
+    let mut bench = scenarios::Bench::start(
+        users,
+        agents,
+        args.max_pending.max(1),
+        store.as_ref(),
+        args.tls,
+    );
     let figures = match args.scenario {
         Scenario::Connect => scenarios::connect(&mut bench),
         Scenario::Push | Scenario::Latency => {

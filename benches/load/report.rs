@@ -19,6 +19,8 @@ pub struct ConnectFigures {
     pub hist: Histogram<u64>,
     /// CPU time of the load generator (coordinator, agents) while connecting.
     pub gen_cpu_secs: (f64, f64),
+    /// The clients spoke wss:// (and the coordinator https://).
+    pub tls: bool,
 }
 
 impl ConnectFigures {
@@ -98,8 +100,11 @@ fn max_us(h: &Histogram<u64>) -> f64 {
 pub fn print(c: &ConnectFigures, f: &Figures) -> bool {
     let (delta, total) = c.rss_per_conn();
     println!(
-        "\n== {}: {} users on {} agents",
-        f.scenario, f.users, c.agents
+        "\n== {}: {} users on {} agents{}",
+        f.scenario,
+        f.users,
+        c.agents,
+        if c.tls { ", wss://" } else { "" }
     );
     println!(
         "  logins     {} in {:.2} s = {:.0}/s (failed {}); connect to login p50 {:.0} us, p99 {:.0} us, max {:.0} us",
@@ -195,6 +200,9 @@ pub fn print(c: &ConnectFigures, f: &Figures) -> bool {
     );
     for (key, v) in &f.extra {
         line.push_str(&format!(" {key}={v}"));
+    }
+    if c.tls {
+        line.push_str(" tls=1");
     }
     println!("{line}");
     f.lost() == 0

@@ -3,6 +3,7 @@
 //! server's CPU time is read before and after it, and every agent is asked to answer once all
 //! the messages meant for its users have arrived.
 
+use crate::common::tls::BenchCert;
 use crate::common::{cpu_secs, rss_kib, BenchServer};
 use crate::control::{decode_hist, new_hist, now_ns, self_cpu_secs, Command, Counts, Reply};
 use crate::fleet::Fleet;
@@ -71,13 +72,29 @@ impl GenCpu {
 impl Bench {
     /// `max_pending` handshakes under way at once in all: past the server's listen backlog a
     /// dropped SYN costs a 1 s retransmission. `store`: the server keeps every message there.
-    pub fn start(users: u64, agents: usize, max_pending: usize, store: Option<&Store>) -> Bench {
+    /// `tls`: wss:// and https://.
+    pub fn start(
+        users: u64,
+        agents: usize,
+        max_pending: usize,
+        store: Option<&Store>,
+        tls: bool,
+    ) -> Bench {
         let (storage, sections) = store.map_or_else(
             || ("backup = false".to_owned(), String::new()),
             Store::server_config,
         );
-        let server =
-            BenchServer::start_with("load", "heartbeat_idle_time = 3600\n", &storage, &sections);
+        let server = BenchServer::start_tls(
+            "load",
+            "heartbeat_idle_time = 3600\n",
+            &storage,
+            &sections,
+            tls.then(BenchCert::new),
+        );
+        let tls_cert = server.tls.as_ref().map(|(cert, _)| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(&cert.der)
+        });
         let t = Instant::now();
         server.register_tokens(1..=users as usize);
         eprintln!(
@@ -103,6 +120,7 @@ impl Bench {
                 last_uid: fleet.agents[i].last_uid,
                 max_pending: per_agent_pending,
                 timeout_ms: CONNECT_TIMEOUT_MS,
+                tls_cert: tls_cert.clone(),
             };
             fleet.send(i, &cmd);
         }
@@ -143,6 +161,7 @@ impl Bench {
             rss_after_kib,
             hist,
             gen_cpu_secs: load_cpu.used(0.0, agents_cpu_secs),
+            tls,
         };
         Bench {
             fleet,
