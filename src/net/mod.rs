@@ -6,5 +6,6 @@ pub mod proxy_header;
 pub mod ranges;
 pub mod stream;
 pub mod tls;
+mod tls_conn;
 
 pub use ranges::IpRanges;

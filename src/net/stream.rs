@@ -1,16 +1,14 @@
 //! A client connection's byte stream as the doors see it: a TCP socket, optionally behind a
 //! PROXY protocol header, optionally TLS. Every layer stays non-blocking and resumable: a read
 //! or write that cannot go on returns `WouldBlock`, and what TLS still has to send waits in
-//! rustls until the socket is writable again.
+//! the connection (`tls_conn`) until the socket is writable again.
 
 use super::proxy_header::{self, Parsed};
-use super::tls::{HandshakeFailure, TlsAcceptor, TlsCounters};
-use log::debug;
+use super::tls::TlsAcceptor;
+use super::tls_conn::Tls;
 use mio::net::TcpStream;
-use rustls::ServerConnection;
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, SocketAddr};
-use std::rc::Rc;
+use std::net::SocketAddr;
 
 /// What the doors need of a stream beyond `Read + Write`. The defaults fit a plain socket (and
 /// the tests' scripted streams).
@@ -31,13 +29,6 @@ pub trait Transport: Read + Write {
 
 impl Transport for TcpStream {}
 
-/// TLS record type of a handshake: the first byte a TLS client sends.
-const TLS_HANDSHAKE: u8 = 0x16;
-/// What a plain HTTP request on a TLS port is told, in plain HTTP.
-const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
-Content-Type: application/json\r\nContent-Length: 66\r\nConnection: close\r\n\r\n\
-{\"code\":400,\"msg\":\"this port speaks TLS: use https:// or wss://\"}\n";
-
 /// Read size while looking for the PROXY header.
 const HEADER_CHUNK: usize = 256;
 
@@ -48,22 +39,11 @@ pub struct Conn {
     tls: Option<Box<Tls>>,
 }
 
-struct Prelude {
-    buf: Vec<u8>,
+pub(super) struct Prelude {
+    pub(super) buf: Vec<u8>,
     /// The header is read; `buf` holds what followed it, handed on before the socket's bytes.
     parsed: bool,
     client: Option<SocketAddr>,
-}
-
-struct Tls {
-    conn: ServerConnection,
-    counters: Rc<TlsCounters>,
-    /// For the debug log of a failed handshake.
-    peer: SocketAddr,
-    /// The first byte was checked to be TLS.
-    sniffed: bool,
-    /// A failure was counted (so that dropping it does not count it again as abandoned).
-    failed: bool,
 }
 
 impl Conn {
@@ -85,14 +65,7 @@ impl Conn {
     ) -> io::Result<Conn> {
         let tls = match tls {
             None => None,
-            Some(acceptor) => Some(Box::new(Tls {
-                conn: ServerConnection::new(acceptor.config.clone())
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
-                counters: acceptor.counters.clone(),
-                peer,
-                sniffed: false,
-                failed: false,
-            })),
+            Some(acceptor) => Some(Box::new(Tls::new(acceptor, peer)?)),
         };
         Ok(Conn {
             tcp,
@@ -149,125 +122,12 @@ impl Conn {
         }
         Ok(())
     }
-
-    /// TLS: decrypts until there is plaintext for `buf`, the socket is drained, or the peer
-    /// is gone.
-    fn read_tls(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Conn {
-            tcp, prelude, tls, ..
-        } = self;
-        let Some(tls) = tls.as_mut() else {
-            return Ok(0);
-        };
-        let mut wire = Wire { prelude, tcp };
-        loop {
-            match tls.conn.reader().read(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-            if !tls.sniffed {
-                tls.sniff(&mut wire)?;
-            }
-            match tls.conn.read_tls(&mut wire) {
-                // The peer closed without close_notify: the reader says so next turn.
-                Ok(0) => {
-                    return match tls.conn.reader().read(buf) {
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-                        other => other,
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
-            let was_handshaking = tls.conn.is_handshaking();
-            if let Err(error) = tls.conn.process_new_packets() {
-                // The alert rustls prepared tells the client why.
-                let _ = tls.conn.write_tls(wire.tcp);
-                if was_handshaking {
-                    tls.fail(HandshakeFailure::of(&error), &error);
-                }
-                return Err(io::Error::new(io::ErrorKind::InvalidData, error));
-            }
-            if was_handshaking && !tls.conn.is_handshaking() {
-                tls.counters.completed();
-            }
-            // Handshake answers (and key updates) go at once.
-            match tls.push(wire.tcp) {
-                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
-                _ => {}
-            }
-        }
-    }
-}
-
-impl Tls {
-    /// Writes what rustls has ready. Ok when all of it went, WouldBlock when the socket is full.
-    fn push(&mut self, tcp: &mut TcpStream) -> io::Result<()> {
-        while self.conn.wants_write() {
-            match self.conn.write_tls(tcp) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// A plain HTTP request on the TLS port gets a plain answer saying so, not a TLS alert
-    /// it could not read.
-    fn sniff(&mut self, wire: &mut Wire<'_>) -> io::Result<()> {
-        let first = match wire.prelude.as_ref().filter(|p| !p.buf.is_empty()) {
-            Some(p) => p.buf[0],
-            None => {
-                let mut b = [0u8; 1];
-                match wire.tcp.peek(&mut b) {
-                    Ok(0) => return Ok(()),
-                    Ok(_) => b[0],
-                    Err(e) => return Err(e),
-                }
-            }
-        };
-        self.sniffed = true;
-        if first == TLS_HANDSHAKE {
-            return Ok(());
-        }
-        // Read the request first: closing with unread input would reset the connection and
-        // could destroy the answer before the client reads it.
-        let mut sink = [0u8; 4096];
-        while matches!(wire.tcp.read(&mut sink), Ok(n) if n > 0) {}
-        let _ = wire.tcp.write_all(PLAIN_HTTP_ANSWER);
-        let _ = wire.tcp.shutdown(Shutdown::Write);
-        self.counters.failed(HandshakeFailure::PlainHttp);
-        self.failed = true;
-        debug!("plain HTTP on the TLS port from {}", self.peer);
-        Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "plain HTTP on a TLS port",
-        ))
-    }
-
-    fn fail(&mut self, why: HandshakeFailure, error: &rustls::Error) {
-        self.counters.failed(why);
-        self.failed = true;
-        debug!("TLS handshake with {} failed: {error}", self.peer);
-    }
-}
-
-impl Drop for Tls {
-    fn drop(&mut self) {
-        if self.conn.is_handshaking() && !self.failed {
-            self.counters.failed(HandshakeFailure::Abandoned);
-            debug!("TLS handshake with {} abandoned", self.peer);
-        }
-    }
 }
 
 /// The bytes under TLS: what followed the PROXY header first, then the socket.
-struct Wire<'a> {
-    prelude: &'a mut Option<Box<Prelude>>,
-    tcp: &'a mut TcpStream,
+pub(super) struct Wire<'a> {
+    pub(super) prelude: &'a mut Option<Box<Prelude>>,
+    pub(super) tcp: &'a mut TcpStream,
 }
 
 impl Read for Wire<'_> {
@@ -287,14 +147,14 @@ impl Read for Wire<'_> {
 impl Read for Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.read_prelude()?;
-        if self.tls.is_some() {
-            return self.read_tls(buf);
-        }
-        Wire {
+        let mut wire = Wire {
             prelude: &mut self.prelude,
             tcp: &mut self.tcp,
+        };
+        match self.tls.as_mut() {
+            Some(tls) => tls.read(&mut wire, buf),
+            None => wire.read(buf),
         }
-        .read(buf)
     }
 }
 
@@ -304,26 +164,15 @@ impl Write for Conn {
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let Some(tls) = self.tls.as_mut() else {
-            return self.tcp.write_vectored(bufs);
-        };
-        // Records already made go first: rustls then holds at most one call's worth, and the
-        // door's own queue (with its bound) keeps the rest.
-        tls.push(&mut self.tcp)?;
-        let n = tls.conn.writer().write_vectored(bufs)?;
-        if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
-            // rustls is full (still handshaking): come back when the socket has drained.
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        match tls.push(&mut self.tcp) {
-            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
-            _ => Ok(n),
+        match self.tls.as_mut() {
+            Some(tls) => tls.write_vectored(&mut self.tcp, bufs),
+            None => self.tcp.write_vectored(bufs),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match self.tls.as_mut() {
-            Some(tls) => tls.push(&mut self.tcp),
+            Some(tls) => tls.flush(&mut self.tcp),
             None => Ok(()),
         }
     }
@@ -331,15 +180,12 @@ impl Write for Conn {
 
 impl Transport for Conn {
     fn has_pending_output(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| t.conn.wants_write())
+        self.tls.as_ref().is_some_and(|t| t.has_pending_output())
     }
 
     fn finish(&mut self) {
         if let Some(tls) = self.tls.as_mut() {
-            if !tls.conn.is_handshaking() {
-                tls.conn.send_close_notify();
-                let _ = tls.push(&mut self.tcp);
-            }
+            tls.finish(&mut self.tcp);
         }
     }
 
