@@ -128,6 +128,7 @@ fn bench_client_frame(c: &mut Criterion) {
                     Ok(ClientRequest::Chat { to, content, .. }) => {
                         to.0 ^ content.get().len() as u64
                     }
+                    Ok(ClientRequest::GroupChat { content, .. }) => content.get().len() as u64,
                     Ok(ClientRequest::Ping) => 1,
                     Err(_) => 0,
                 }

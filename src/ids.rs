@@ -50,6 +50,12 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// The smallest id stamped at `unix_secs` or later (on any node).
+pub fn first_id_at(unix_secs: u64) -> MessageId {
+    let us = (unix_secs * 1_000_000).saturating_sub(EPOCH_US);
+    MessageId(us << TIME_SHIFT)
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -9,7 +9,8 @@ pub mod hello;
 
 use crate::config::Config;
 use crate::model::{
-    ConnId, Credentials, MessageId, PresenceChange, Source, StoredMessage, TokenRecord, Uid,
+    ConnId, Credentials, MessageId, PresenceChange, Source, StoredGroupMessage, StoredMessage,
+    TokenRecord, Uid,
 };
 use crate::protocol::uid_from_raw;
 use bytes::{Bytes, BytesMut};
@@ -50,8 +51,11 @@ pub enum Task<'a> {
     Login(Credentials),
     SaveToken(TokenRecord),
     Store(#[serde(borrow)] Vec<StoredMessage<'a>>),
-    /// Messages taken for a recipient who did not get them: undelivered again.
-    Requeue(Vec<MessageId>),
+    /// Messages taken for `uid` that it did not get: undelivered (or owed) again.
+    Requeue {
+        uid: Uid,
+        ids: Vec<MessageId>,
+    },
     /// Take the messages kept for a uid and not yet delivered (answered with `Pending`).
     FetchPending(Uid),
     /// Cluster: connections that came and went on this node, for the Redis presence hashes.
@@ -75,9 +79,41 @@ pub enum Task<'a> {
     /// Cluster: after Redis came back, rewrite this node's presence from scratch (purge, then
     /// these connections), in one task so that no other change interleaves.
     Resync(Vec<PresenceChange>),
-    /// Readiness: answer once the token store answers (`Ok`, or the store's failure). Last, so
-    /// that the other tasks keep their encoding.
+    /// Readiness: answer once the token store answers (`Ok`, or the store's failure).
     Ping,
+    /// A group message, kept once.
+    GroupStore(#[serde(borrow)] StoredGroupMessage<'a>),
+    /// `uids` join `group` from message `at` on; answered with `Members`.
+    GroupJoin {
+        group: &'a str,
+        uids: Vec<Uid>,
+        at: MessageId,
+    },
+    /// Members leave `group` (`Some(seen)`: online, had everything up to it); answered with
+    /// `Members`.
+    GroupLeave {
+        group: &'a str,
+        leaving: Vec<(Uid, Option<MessageId>)>,
+    },
+    /// `uid` went offline having had its groups' messages up to these ids.
+    GroupSeen {
+        uid: Uid,
+        #[serde(borrow)]
+        seen: Vec<(&'a str, MessageId)>,
+    },
+    /// Group messages sent to `uid` that never reached it.
+    GroupOwed {
+        uid: Uid,
+        ids: Vec<MessageId>,
+    },
+    /// Every group and its members; answered with `Groups`.
+    GroupLoad,
+    /// Forget group messages older than `before`.
+    GroupPurge {
+        before: MessageId,
+    },
+    /// Cluster: which of these uids have a connection on a live node; answered with `Online`.
+    GroupOnline(Vec<Uid>),
 }
 
 /// What one node tells another through Redis. On the Redis wire it is JSON (`to_json`), with
@@ -106,6 +142,26 @@ pub enum ClusterMessage<'a> {
     /// A message was kept for `uid` while it was logging in: take it now.
     Fetch {
         uid: Uid,
+    },
+    /// A group message sent on node `origin`: every other node delivers it to the members
+    /// online there (but `exclude`).
+    Group {
+        #[serde(borrow)]
+        origin: &'a str,
+        #[serde(borrow)]
+        group: &'a str,
+        exclude: Option<Uid>,
+        #[serde(borrow)]
+        meta: MessageMeta<'a>,
+        #[serde(borrow)]
+        frame: &'a [u8],
+    },
+    /// A group's membership changed (`join` true: `uids` joined; false: they left).
+    Members {
+        #[serde(borrow)]
+        group: &'a str,
+        join: bool,
+        uids: Vec<Uid>,
     },
     /// `uid` logged in with `source` on another node: close this node's connection `conn`.
     Displace {
@@ -147,6 +203,14 @@ struct ClusterWire<'a> {
     same_device: Option<bool>,
     #[serde(default, borrow)]
     meta: Option<MessageMeta<'a>>,
+    #[serde(default, borrow)]
+    group: Option<&'a str>,
+    #[serde(default, borrow)]
+    exclude: Option<&'a serde_json::value::RawValue>,
+    #[serde(default, borrow)]
+    op: Option<&'a str>,
+    #[serde(default, borrow)]
+    uids: Option<Vec<&'a serde_json::value::RawValue>>,
 }
 
 /// A cluster message that could not be read.
@@ -172,6 +236,37 @@ impl<'a> ClusterMessage<'a> {
             }
             ClusterMessage::Broadcast { origin, frame } => {
                 ("broadcast", None, Some(*frame), Some(*origin))
+            }
+            ClusterMessage::Group {
+                origin,
+                group,
+                exclude,
+                meta,
+                frame,
+            } => {
+                let mut out = Vec::with_capacity(200 + frame.len());
+                out.extend_from_slice(b"{\"t\":\"group\",\"origin\":");
+                let _ = serde_json::to_writer(&mut out, origin);
+                out.extend_from_slice(b",\"group\":");
+                let _ = serde_json::to_writer(&mut out, group);
+                if let Some(uid) = exclude {
+                    out.extend_from_slice(b",\"exclude\":\"");
+                    out.extend_from_slice(itoa::Buffer::new().format(uid.0).as_bytes());
+                    out.push(b'"');
+                }
+                out.extend_from_slice(b",\"meta\":");
+                let _ = serde_json::to_writer(&mut out, meta);
+                out.extend_from_slice(b",\"frame\":");
+                out.extend_from_slice(frame);
+                out.push(b'}');
+                return out;
+            }
+            ClusterMessage::Members { group, join, uids } => {
+                let uids: Vec<String> = uids.iter().map(Uid::to_string).collect();
+                let op = if *join { "join" } else { "leave" };
+                return serde_json::json!({"t": "members", "op": op, "group": group, "uids": uids})
+                    .to_string()
+                    .into_bytes();
             }
             ClusterMessage::Kick { uid } => ("kick", Some(*uid), None, None),
             ClusterMessage::Fetch { uid } => ("fetch", Some(*uid), None, None),
@@ -232,6 +327,23 @@ impl<'a> ClusterMessage<'a> {
                 frame: frame()?,
             },
             "kick" => ClusterMessage::Kick { uid: uid()? },
+            "group" => ClusterMessage::Group {
+                origin: w.origin.ok_or_else(|| bad("no origin"))?,
+                group: w.group.ok_or_else(|| bad("no group"))?,
+                exclude: w.exclude.and_then(uid_from_raw),
+                meta: w.meta.ok_or_else(|| bad("no meta"))?,
+                frame: frame()?,
+            },
+            "members" => ClusterMessage::Members {
+                group: w.group.ok_or_else(|| bad("no group"))?,
+                join: w.op == Some("join"),
+                uids: w
+                    .uids
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|u| uid_from_raw(u).ok_or_else(|| bad("bad uid")))
+                    .collect::<Result<_, _>>()?,
+            },
             "fetch" => ClusterMessage::Fetch { uid: uid()? },
             "displace" => ClusterMessage::Displace {
                 uid: uid()?,
@@ -330,6 +442,12 @@ pub enum Reply {
         nodes: u32,
     },
     Sources(Vec<String>),
+    /// A group's member count after a change.
+    Members(u64),
+    /// Every group and its members.
+    Groups(Vec<(String, Vec<Uid>)>),
+    /// The uids of a `GroupOnline` that are online.
+    Online(Vec<Uid>),
 }
 
 /// What a child sends the master.

@@ -156,8 +156,57 @@ pub struct PendingMessage {
     pub id: MessageId,
     pub from: Uid,
     pub to: Uid,
+    /// A group message: the group it was sent to (`to_group` in its frame).
+    pub group: Option<String>,
     pub kind: String,
     pub content: String,
+    pub time: u64,
+}
+
+/// A group's name: `[A-Za-z0-9_:.-]{1,64}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct GroupName(Box<str>);
+
+impl GroupName {
+    pub const MAX: usize = 64;
+
+    /// None unless `s` matches `[A-Za-z0-9_:.-]{1,64}`.
+    pub fn new(s: &str) -> Option<GroupName> {
+        let valid = (1..=Self::MAX).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-'));
+        valid.then(|| GroupName(s.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for GroupName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for GroupName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        GroupName::new(&s)
+            .ok_or_else(|| serde::de::Error::custom("group must match [A-Za-z0-9_:.-]{1,64}"))
+    }
+}
+
+/// A group message as the stores keep it: once, whatever the number of members.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredGroupMessage<'a> {
+    pub id: MessageId,
+    pub from: Uid,
+    #[serde(borrow)]
+    pub group: &'a str,
+    pub kind: &'a str,
+    pub content: &'a str,
     pub time: u64,
 }
 
@@ -191,5 +240,18 @@ mod tests {
             assert!(Source::new(bad).is_none(), "{bad:?}");
         }
         assert_eq!(std::mem::size_of::<Source>(), 17);
+    }
+
+    #[test]
+    fn group_names_are_checked() {
+        for good in ["g", "team:42", "a.b-c_D", &"x".repeat(64)] {
+            assert_eq!(
+                GroupName::new(good).map(|g| g.to_string()).as_deref(),
+                Some(good)
+            );
+        }
+        for bad in ["", "a b", "é", "a/b", &"x".repeat(65), "\"\""] {
+            assert!(GroupName::new(bad).is_none(), "{bad:?}");
+        }
     }
 }

@@ -128,6 +128,8 @@ pub struct Server {
     pub proxy_protocol: bool,
     /// Addresses or CIDR ranges that may read `/metrics` without a secret.
     pub metrics_allow: Vec<String>,
+    /// The most members a group may have: a `join_group` past it is refused (413).
+    pub max_group_members: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,6 +140,8 @@ pub struct Storage {
     /// Bytes of messages waiting to be written to the store (batched, with a worker, or held
     /// for a retry); past it new messages are refused with 503 until the store catches up.
     pub queue_bytes: usize,
+    /// Seconds a group message is kept for members who have not had it (default 7 days).
+    pub group_retention: u64,
 }
 
 /// The push doors (UDP and HTTP API): how requests must be authenticated.
@@ -252,6 +256,7 @@ impl Default for Server {
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
             metrics_allow: vec!["127.0.0.0/8".into(), "::1".into()],
+            max_group_members: 100_000,
         }
     }
 }
@@ -261,6 +266,7 @@ impl Default for Storage {
         Storage {
             backup: true,
             queue_bytes: DEFAULT_STORE_QUEUE_BYTES,
+            group_retention: 7 * 24 * 3600,
         }
     }
 }

@@ -100,6 +100,18 @@ impl Config {
                 "must be at least four times server.max_message_size".into(),
             ));
         }
+        if s.max_group_members == 0 {
+            return Err(bad(
+                "server.max_group_members",
+                "must be greater than 0".into(),
+            ));
+        }
+        if self.storage.group_retention == 0 {
+            return Err(bad(
+                "storage.group_retention",
+                "must be greater than 0 (seconds)".into(),
+            ));
+        }
         if s.node_id > MAX_NODE_ID {
             return Err(bad("server.node_id", format!("at most {MAX_NODE_ID}")));
         }

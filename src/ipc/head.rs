@@ -51,7 +51,10 @@ mod tests {
         for other in [
             Task::Ping,
             Task::Heartbeat,
-            Task::Requeue(vec![MessageId(1)]),
+            Task::Requeue {
+                uid: Uid(1),
+                ids: vec![MessageId(1)],
+            },
         ] {
             assert_eq!(
                 task_head(&encode_task(&other).expect("encode")),

@@ -96,6 +96,28 @@ impl Master {
                     now,
                 );
             }
+            WsEvent::GroupChat {
+                conn,
+                from,
+                group,
+                kind,
+                text,
+                content,
+            } => {
+                self.metrics.chat_received();
+                let in_flight = self.pool.backlog_bytes();
+                self.router.group_chat(
+                    &mut self.ws,
+                    conn,
+                    from,
+                    group,
+                    kind,
+                    &text,
+                    content,
+                    in_flight,
+                    now,
+                );
+            }
             WsEvent::Offline { conn, uid, source } => self.router.offline(conn, uid, source),
             WsEvent::Undelivered { uid, entries, .. } => self.router.undelivered(uid, entries),
             WsEvent::Drained { uid, .. } => self.router.drained(uid),
@@ -153,6 +175,13 @@ impl Master {
                 }
             }
             Origin::Ping { slot } => self.ping_answered(slot, &reply),
+            Origin::Group { to, change } => self.router.group_answered(to, change, reply),
+            Origin::GroupStored { group } => {
+                self.router.group_stored(&group, now);
+                self.router.store_answered(key, body, false, reply, now);
+            }
+            Origin::GroupLoad => self.router.groups_answered(reply),
+            Origin::GroupOnline { to, uids } => self.router.group_online_answered(to, uids, reply),
             Origin::Presence { welcome } => {
                 if let Reply::Failed(why) = reply {
                     warn!("presence write failed: {why}");

@@ -74,6 +74,13 @@ impl Master {
         if !self.pool.all_ready() || !self.cluster.as_ref().is_none_or(Cluster::ready) {
             return Ok(());
         }
+        // A group send needs the table of groups: it is read before anyone can send.
+        if !self.router.groups_loaded() {
+            self.router.ask_for_groups();
+            self.settle(Instant::now());
+            self.pool.flush();
+            return Ok(());
+        }
         self.open_doors().map_err(MasterError::OpenDoors)?;
         let s = &self.config.server;
         info!(

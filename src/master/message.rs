@@ -1,7 +1,7 @@
 //! A message on its way through the master: its frame, written once and shared by every
 //! connection it goes to, and what the store needs to keep it, as ranges of that frame.
 
-use crate::model::{Delivery, MessageId, StoredMessage, Uid};
+use crate::model::{Delivery, GroupName, MessageId, StoredGroupMessage, StoredMessage, Uid};
 use bytes::Bytes;
 use std::ops::Range;
 
@@ -43,6 +43,15 @@ impl Kind {
 }
 
 impl Kind {
+    /// The name, read from `frame` where it is written there.
+    fn text<'a>(&'a self, frame: &'a [u8]) -> &'a str {
+        match self {
+            Kind::Named(k) => k,
+            Kind::InFrame(r) => std::str::from_utf8(&frame[r.clone()]).unwrap_or("push"),
+            Kind::Owned(k) => k,
+        }
+    }
+
     /// One of a client's chat types (not `push`, nor a pusher's own name): how the metrics tell
     /// chats from pushes, for the price of one comparison.
     pub fn is_chat(&self) -> bool {
@@ -52,18 +61,11 @@ impl Kind {
 
 impl Message {
     pub fn kind(&self) -> &str {
-        match &self.kind {
-            Kind::Named(k) => k,
-            Kind::InFrame(r) => std::str::from_utf8(&self.frame[r.clone()]).unwrap_or("push"),
-            Kind::Owned(k) => k,
-        }
+        self.kind.text(&self.frame)
     }
 
     pub fn content(&self) -> &str {
-        self.content
-            .clone()
-            .and_then(|r| std::str::from_utf8(&self.frame[r]).ok())
-            .unwrap_or("null")
+        content_in(&self.frame, self.content.clone())
     }
 
     /// The frame's JSON text, without the WebSocket header.
@@ -83,4 +85,47 @@ impl Message {
             time: self.time,
         }
     }
+}
+
+/// One message to a group: one frame for every member connection, kept once.
+#[derive(Debug)]
+pub struct GroupMessage {
+    pub id: MessageId,
+    pub from: Uid,
+    pub group: GroupName,
+    pub time: u64,
+    /// The whole WebSocket frame every member gets.
+    pub frame: Bytes,
+    pub kind: Kind,
+    /// `content`'s raw JSON in `frame`; None: kept as `null`.
+    pub content: Option<Range<usize>>,
+}
+
+impl GroupMessage {
+    pub fn kind(&self) -> &str {
+        self.kind.text(&self.frame)
+    }
+
+    pub fn content(&self) -> &str {
+        content_in(&self.frame, self.content.clone())
+    }
+
+    /// The record a store keeps, borrowed from this message.
+    pub fn stored(&self) -> StoredGroupMessage<'_> {
+        StoredGroupMessage {
+            id: self.id,
+            from: self.from,
+            group: self.group.as_str(),
+            kind: self.kind(),
+            content: self.content(),
+            time: self.time,
+        }
+    }
+}
+
+/// The raw JSON of a content in `frame` (`null` when there is none).
+fn content_in(frame: &[u8], content: Option<Range<usize>>) -> &str {
+    content
+        .and_then(|r| std::str::from_utf8(&frame[r]).ok())
+        .unwrap_or("null")
 }

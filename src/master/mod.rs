@@ -11,6 +11,7 @@ pub mod api;
 mod apply;
 mod child;
 mod cluster;
+mod groups;
 pub mod http;
 mod ip_limit;
 mod lifecycle;
@@ -58,6 +59,8 @@ use ws::{FrameLimits, SessionConfig, Sessions};
 
 /// How often idle connections and deadlines are checked.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// How often group messages past `storage.group_retention` are forgotten.
+const GROUP_PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// How often the sweep runs while a reload is in progress (it drives the reload).
 const RELOAD_SWEEP: Duration = Duration::from_millis(20);
 
@@ -120,6 +123,8 @@ pub struct Master {
     reclaimer: memory::Reclaimer,
     started: Instant,
     next_sweep: Instant,
+    /// When group messages past their retention are next forgotten.
+    next_group_purge: Instant,
     /// The UDP socket may hold datagrams not read yet: the next turn does not sleep.
     udp_backlog: bool,
     /// Listeners are registered only once every worker is up (and, in a cluster, this node's
@@ -207,11 +212,12 @@ impl Master {
             config.storage.queue_bytes,
             config.mysql.retry_limit,
         );
-        let router = Router::new(
+        let mut router = Router::new(
             s.node_id,
             store,
             cluster.as_ref().map(|c| c.node().to_owned()),
         );
+        router.set_max_group_members(s.max_group_members);
         let now = Instant::now();
         let tls_counters = Rc::new(TlsCounters::default());
         let tls = sockets.tls.map(|config| TlsAcceptor {
@@ -243,6 +249,7 @@ impl Master {
             reclaimer: memory::Reclaimer::new(),
             started: now,
             next_sweep: now + SWEEP_EVERY,
+            next_group_purge: now + GROUP_PURGE_EVERY,
             udp_backlog: false,
             doors_open: false,
             stopping: None,
@@ -396,6 +403,11 @@ impl Master {
         }
         self.pool.tick(now);
         self.ping_workers(now);
+        if now >= self.next_group_purge && self.doors_open {
+            self.next_group_purge = now + GROUP_PURGE_EVERY;
+            self.router
+                .purge_groups(self.config.storage.group_retention);
+        }
         for event in self.pool.take_reload_events() {
             self.reloads.report(&event);
         }

@@ -34,7 +34,7 @@ pub struct RetryQueue {
 fn weight(body: &[u8]) -> usize {
     match ipc::decode::<Task>(body) {
         Ok(Task::Store(batch)) => batch.len(),
-        Ok(Task::Requeue(ids)) => ids.len(),
+        Ok(Task::Requeue { ids, .. }) => ids.len(),
         _ => 1,
     }
 }

@@ -2,7 +2,7 @@
 //! `content` stays raw JSON text all the way to the recipients' frames and the store.
 
 use super::{str_from_raw as json_str, uid_from_raw};
-use crate::model::Uid;
+use crate::model::{GroupName, Uid};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -16,6 +16,12 @@ pub enum ClientRequest<'a> {
         kind: &'static str,
         content: &'a RawValue,
     },
+    /// A chat to every member of a group (the sender must be one).
+    GroupChat {
+        group: GroupName,
+        kind: &'static str,
+        content: &'a RawValue,
+    },
 }
 
 /// Why a client frame was refused; the text goes into the error frame.
@@ -26,6 +32,8 @@ pub struct BadFrame(pub String);
 struct RawClientFrame<'a> {
     #[serde(borrow)]
     to_uid: Option<&'a RawValue>,
+    #[serde(borrow)]
+    to_group: Option<&'a RawValue>,
     /// Raw: serde would copy an `Option<Cow<str>>` even when it could borrow.
     #[serde(borrow, rename = "type")]
     kind: Option<&'a RawValue>,
@@ -53,13 +61,25 @@ pub fn parse_client_frame(text: &str) -> Result<ClientRequest<'_>, BadFrame> {
     let Some(kind) = CHAT_TYPES.iter().copied().find(|k| *k == kind) else {
         return Err(BadFrame(format!("unknown type `{kind}`")));
     };
+    let content = frame
+        .content
+        .ok_or_else(|| BadFrame("missing content".into()))?;
+    if let (Some(group), None) = (frame.to_group, frame.to_uid) {
+        let group = json_str(group)
+            .and_then(|g| GroupName::new(&g))
+            .ok_or_else(|| {
+                BadFrame("to_group must be a name of 1 to 64 of A-Z a-z 0-9 _ : . -".into())
+            })?;
+        return Ok(ClientRequest::GroupChat {
+            group,
+            kind,
+            content,
+        });
+    }
     let to = frame
         .to_uid
         .ok_or_else(|| BadFrame("missing to_uid".into()))?;
     let to = uid_from_raw(to).ok_or_else(|| BadFrame("to_uid must be a uid".into()))?;
-    let content = frame
-        .content
-        .ok_or_else(|| BadFrame("missing content".into()))?;
     Ok(ClientRequest::Chat { to, kind, content })
 }
 
@@ -90,5 +110,13 @@ mod tests {
         assert!(parse_client_frame(r#"{"type":"chat","content":1}"#).is_err());
         assert!(parse_client_frame(r#"{"to_uid":"x","content":1}"#).is_err());
         assert!(parse_client_frame(r#"{"to_uid":1,"type":"bogus","content":1}"#).is_err());
+        match parse_client_frame(r#"{"to_group":"team:1","type":"chat","content":"hi"}"#) {
+            Ok(ClientRequest::GroupChat { group, content, .. }) => {
+                assert_eq!((group.as_str(), content.get()), ("team:1", r#""hi""#));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_client_frame(r#"{"to_group":"a b","content":1}"#).is_err());
+        assert!(parse_client_frame(r#"{"to_group":7,"content":1}"#).is_err());
     }
 }

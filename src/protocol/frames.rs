@@ -129,12 +129,48 @@ pub fn message(
     state: u8,
     content: &str,
 ) -> (Bytes, Layout) {
+    addressed(id, kind, from, To::Uid(to), time, state, content)
+}
+
+/// A message to a group, as every member gets it: `to_group` in place of `to_uid`.
+pub fn group_message(
+    id: MessageId,
+    kind: &str,
+    from: Uid,
+    group: &str,
+    time: u64,
+    state: u8,
+    content: &str,
+) -> (Bytes, Layout) {
+    addressed(id, kind, from, To::Group(group), time, state, content)
+}
+
+/// Whom a message frame names as its recipient.
+enum To<'a> {
+    Uid(Uid),
+    /// A group's name (no escapes needed: `[A-Za-z0-9_:.-]`).
+    Group(&'a str),
+}
+
+fn addressed(
+    id: MessageId,
+    kind: &str,
+    from: Uid,
+    to: To<'_>,
+    time: u64,
+    state: u8,
+    content: &str,
+) -> (Bytes, Layout) {
     // Sized exactly: a buffer with no spare room becomes a frame without another allocation.
+    let to_len = match &to {
+        To::Uid(to) => digits(to.0),
+        To::Group(g) => g.len() + 2,
+    };
     let size = 66
         + digits(id.0)
         + json_str_len(kind)
         + digits(from.0)
-        + digits(to.0)
+        + to_len
         + digits(time)
         + digits(u64::from(state))
         + content.len();
@@ -147,8 +183,16 @@ pub fn message(
     let kind_end = b.position() - 1;
     b.push(b",\"uid\":\"");
     b.push_u64(from.0);
-    b.push(b"\",\"to_uid\":\"");
-    b.push_u64(to.0);
+    match to {
+        To::Uid(to) => {
+            b.push(b"\",\"to_uid\":\"");
+            b.push_u64(to.0);
+        }
+        To::Group(g) => {
+            b.push(b"\",\"to_group\":\"");
+            b.push_str(g);
+        }
+    }
     b.push(b"\",\"time\":");
     b.push_u64(time);
     b.push(b",\"state\":");
@@ -225,6 +269,19 @@ pub fn ack(id: MessageId, to: Uid, state: u8) -> Bytes {
     b.push(b"\",\"state\":");
     b.push_u64(u64::from(state));
     b.push(b"}");
+    debug_assert_eq!(b.payload_len(), size);
+    b.into_frame()
+}
+
+/// `{"type":"ack","id":"..","to_group":"g","state":1}`: a group chat was taken.
+pub fn group_ack(id: MessageId, group: &str) -> Bytes {
+    let size = 46 + digits(id.0) + group.len();
+    let mut b = FrameBuilder::with_capacity(size);
+    b.push(b"{\"type\":\"ack\",\"id\":\"");
+    b.push_u64(id.0);
+    b.push(b"\",\"to_group\":\"");
+    b.push_str(group);
+    b.push(b"\",\"state\":1}");
     debug_assert_eq!(b.payload_len(), size);
     b.into_frame()
 }

@@ -5,7 +5,7 @@
 
 use super::frames::{digits, FrameBuilder};
 use super::uid_from_raw;
-use crate::model::{ConnId, MessageId, Uid};
+use crate::model::{ConnId, GroupName, MessageId, Uid};
 use crate::secret::same_secret;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -24,6 +24,26 @@ pub enum Means {
     ToFds(Vec<ConnId>),
     Online(Uid),
     Kick(Uid),
+    /// Adds uids to a group (created by its first member).
+    JoinGroup(GroupName, Vec<Uid>),
+    LeaveGroup(GroupName, Vec<Uid>),
+    /// A message to every member of a group, but `exclude`.
+    ToGroup {
+        group: GroupName,
+        exclude: Option<Uid>,
+    },
+    GroupMembers(GroupName),
+    Ungroup(GroupName),
+}
+
+impl Means {
+    /// Whether this means changes or reads a group's membership (answered once the store has).
+    pub fn is_membership(&self) -> bool {
+        matches!(
+            self,
+            Means::JoinGroup(..) | Means::LeaveGroup(..) | Means::Ungroup(_)
+        )
+    }
 }
 
 #[derive(Debug)]
@@ -110,6 +130,12 @@ struct DataFields<'a> {
     content: Option<&'a RawValue>,
     #[serde(borrow)]
     id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    group: Option<&'a RawValue>,
+    #[serde(borrow)]
+    uids: Option<&'a RawValue>,
+    #[serde(borrow)]
+    exclude_uid: Option<&'a RawValue>,
 }
 
 /// `text` is a JSON object (serde would also read a struct from an array).
@@ -193,8 +219,37 @@ fn read_means(means: &str, fields: &DataFields) -> Result<Means, PushError> {
         ),
         "online" | "is_on_line" => Means::Online(uid_field("uid", &[fields.uid, fields.to_uid])?),
         "kick" => Means::Kick(uid_field("uid", &[fields.uid, fields.to_uid])?),
+        "join_group" => Means::JoinGroup(group(fields)?, members(fields.uids)?),
+        "leave_group" => Means::LeaveGroup(group(fields)?, members(fields.uids)?),
+        "to_group" => Means::ToGroup {
+            group: group(fields)?,
+            exclude: match fields.exclude_uid.filter(|v| v.get() != "null") {
+                None => None,
+                Some(v) => {
+                    Some(uid_from_raw(v).ok_or_else(|| bad("data.exclude_uid must be a uid"))?)
+                }
+            },
+        },
+        "group_members" => Means::GroupMembers(group(fields)?),
+        "ungroup" => Means::Ungroup(group(fields)?),
         other => return Err(bad(format!("unknown means `{other}`"))),
     })
+}
+
+/// `data.group`: a group's name.
+fn group(fields: &DataFields) -> Result<GroupName, PushError> {
+    let raw = fields.group.ok_or_else(|| bad("missing data.group"))?;
+    json_str(Some(raw))
+        .and_then(|g| GroupName::new(&g))
+        .ok_or_else(|| bad("data.group must be a name of 1 to 64 of A-Z a-z 0-9 _ : . -"))
+}
+
+/// `data.uids` of a membership change: a list (possibly empty) of uids, each once.
+fn members(value: Option<&RawValue>) -> Result<Vec<Uid>, PushError> {
+    if value.is_none_or(|v| v.get() == "null") {
+        return Err(bad("missing data.uids: a list of uids"));
+    }
+    Ok(list(value, "uids")?.into_iter().map(Uid).collect())
 }
 
 /// A list of uids or connection ids, each once, in the pusher's order. Empty means "everyone";
@@ -267,6 +322,15 @@ impl<'a> PushData<'a> {
     /// The frame to deliver: the pusher's object with `id` set (a pusher's own `id` value is
     /// replaced in place) and `time` added when absent.
     pub fn frame(&self, id: MessageId, now: u64) -> PushFrame {
+        self.frame_with(id, now, None)
+    }
+
+    /// The frame to deliver to a group's members: as `frame`, with `"to_group":"g"` added.
+    pub fn group_frame(&self, id: MessageId, now: u64, group: &GroupName) -> PushFrame {
+        self.frame_with(id, now, Some(group))
+    }
+
+    fn frame_with(&self, id: MessageId, now: u64, group: Option<&GroupName>) -> PushFrame {
         let raw = self.raw.as_ref();
         // Everything up to the closing brace, with our id in place of the pusher's.
         let body = &raw[..raw.len() - 1];
@@ -277,6 +341,7 @@ impl<'a> PushData<'a> {
             Some(r) => body.len() - r.len() + id_len,
             None => body.len() + usize::from(!empty) + 5 + id_len,
         } + if self.has_time { 0 } else { 8 + digits(now) }
+            + group.map_or(0, |g| 14 + g.as_str().len())
             + 1;
         let mut b = FrameBuilder::with_capacity(size);
         let mut shift = 0isize;
@@ -303,6 +368,12 @@ impl<'a> PushData<'a> {
         if !self.has_time {
             b.push(b",\"time\":");
             b.push_u64(now);
+        }
+        if let Some(g) = group {
+            // A group's name needs no escapes.
+            b.push(b",\"to_group\":\"");
+            b.push_str(g.as_str());
+            b.push(b"\"");
         }
         b.push(b"}");
         debug_assert_eq!(b.payload_len(), size);

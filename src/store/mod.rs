@@ -6,6 +6,7 @@
 //! Presence has no store of its own on one node: the master's registry is the presence table.
 
 pub mod cluster;
+pub mod groups;
 pub mod login_record;
 pub mod mysql;
 pub mod redis;
@@ -61,7 +62,7 @@ pub trait TokenStore {
     fn ping(&mut self) -> Result<(), StoreError>;
 }
 
-pub trait MessageStore {
+pub trait MessageStore: groups::GroupMessages {
     /// Stores a batch in one transaction. A message already stored (same id) is left as it is,
     /// so that a batch retried after a worker died is harmless.
     fn insert(&mut self, messages: &[StoredMessage<'_>]) -> Result<(), StoreError>;
@@ -74,8 +75,9 @@ pub trait MessageStore {
         limit: TakeLimit,
         now: u64,
     ) -> Result<Vec<PendingMessage>, StoreError>;
-    /// Marks taken messages undelivered again (their recipient did not get them).
-    fn requeue(&mut self, ids: &[MessageId], now: u64) -> Result<(), StoreError>;
+    /// Marks taken messages undelivered again (their recipient, `uid`, did not get them); a
+    /// group message among them is owed to `uid` again.
+    fn requeue(&mut self, uid: Uid, ids: &[MessageId], now: u64) -> Result<(), StoreError>;
 }
 
 /// How much one take of kept messages may hand out: at most `rows` messages, and none after

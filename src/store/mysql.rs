@@ -2,9 +2,10 @@
 //! Batches go in multi-row inserts, one transaction each; values are always bound parameters.
 //! The connection is opened lazily and reopened after an error.
 
+use super::groups::{merge_take, seen_after_take, GroupMessages};
 use super::{MessageStore, StoreError, TakeLimit};
 use crate::config::Config;
-use crate::model::{MessageId, PendingMessage, StoredMessage, Uid};
+use crate::model::{MessageId, PendingMessage, StoredGroupMessage, StoredMessage, Uid};
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder, TxOpts, Value};
 use std::time::Duration;
@@ -24,6 +25,42 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS chat (
     update_time INT UNSIGNED    NOT NULL,
     KEY to_uid_state (to_uid, state)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
+
+/// Group messages, kept once each, and each member's place in its groups (see `groups`).
+const GROUP_SCHEMA: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS group_message (
+    id          BIGINT UNSIGNED NOT NULL PRIMARY KEY,
+    grp         VARCHAR(64)     NOT NULL,
+    uid         BIGINT UNSIGNED NOT NULL,
+    type        VARCHAR(32)     NOT NULL,
+    content     MEDIUMTEXT      NOT NULL,
+    create_time INT UNSIGNED    NOT NULL,
+    KEY grp_id (grp, id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    "CREATE TABLE IF NOT EXISTS group_member (
+    grp  VARCHAR(64)     NOT NULL,
+    uid  BIGINT UNSIGNED NOT NULL,
+    seen BIGINT UNSIGNED NOT NULL,
+    PRIMARY KEY (grp, uid),
+    KEY uid (uid)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    "CREATE TABLE IF NOT EXISTS group_owed (
+    uid BIGINT UNSIGNED NOT NULL,
+    id  BIGINT UNSIGNED NOT NULL,
+    PRIMARY KEY (uid, id)
+) ENGINE=InnoDB",
+];
+
+/// A member's group messages after its `seen`, and those it is owed, oldest first.
+const GROUP_PENDING: &str = "
+SELECT m.id, m.uid, m.grp, m.type, m.content, m.create_time
+  FROM group_member c JOIN group_message m ON m.grp = c.grp AND m.id > c.seen
+ WHERE c.uid = ?
+UNION
+SELECT m.id, m.uid, m.grp, m.type, m.content, m.create_time
+  FROM group_owed o JOIN group_message m ON m.id = o.id
+ WHERE o.uid = ?
+ORDER BY 1 LIMIT ?";
 
 pub struct MysqlStore {
     opts: Opts,
@@ -62,6 +99,9 @@ impl MysqlStore {
         if self.conn.is_none() {
             let mut conn = Conn::new(self.opts.clone()).map_err(db_err)?;
             conn.query_drop(SCHEMA).map_err(db_err)?;
+            for table in GROUP_SCHEMA {
+                conn.query_drop(table).map_err(db_err)?;
+            }
             self.conn = Some(conn);
         }
         let Some(conn) = self.conn.as_mut() else {
@@ -133,51 +173,231 @@ impl MessageStore for MysqlStore {
         now: u64,
     ) -> Result<Vec<PendingMessage>, StoreError> {
         self.with(|conn| {
-            // Most logins have nothing waiting: one indexed read, no transaction, no row locks.
-            let any: Option<u8> = conn.exec_first(
-                "SELECT 1 FROM chat WHERE to_uid = ? AND state = 0 LIMIT 1",
-                (uid.0,),
-            )?;
-            if any.is_none() {
+            // Most logins have nothing waiting: indexed reads, no transaction, no row locks.
+            if read_chats(conn, uid, 1, "")?.is_empty()
+                && read_group_pending(conn, uid, 1)?.is_empty()
+            {
                 return Ok(Vec::new());
             }
             let mut tx = conn.start_transaction(TxOpts::default())?;
-            let mut taken: Vec<PendingMessage> = Vec::new();
-            let mut bytes = 0;
-            // Rows past the byte limit are read off the wire and dropped, not kept.
-            let rows = tx.exec_iter(
-                "SELECT id, uid, to_uid, type, content, create_time FROM chat
-                 WHERE to_uid = ? AND state = 0 ORDER BY id LIMIT ? FOR UPDATE",
-                (uid.0, limit.rows as u64),
-            )?;
-            for row in rows {
-                if bytes >= limit.bytes {
-                    continue;
-                }
-                let (id, from, to, kind, content, time): (u64, u64, u64, String, String, u64) =
-                    mysql::from_row_opt(row?).map_err(|e| mysql::Error::FromRowError(e.0))?;
-                bytes += content.len();
-                taken.push(PendingMessage {
-                    id: MessageId(id),
-                    from: Uid(from),
-                    to: Uid(to),
-                    kind,
-                    content,
-                    time,
-                });
+            let chats = read_chats(&mut tx, uid, limit.rows, " FOR UPDATE")?;
+            let groups = read_group_pending(&mut tx, uid, limit.rows)?;
+            let taken = merge_take(chats, groups, limit);
+            let chat_ids: Vec<MessageId> = taken
+                .iter()
+                .filter(|m| m.group.is_none())
+                .map(|m| m.id)
+                .collect();
+            set_state(&mut tx, &chat_ids, 1, now)?;
+            for m in taken.iter().filter(|m| m.group.is_some()) {
+                tx.exec_drop(
+                    "DELETE FROM group_owed WHERE uid = ? AND id = ?",
+                    (uid.0, m.id.0),
+                )?;
             }
-            let ids: Vec<MessageId> = taken.iter().map(|m| m.id).collect();
-            set_state(&mut tx, &ids, 1, now)?;
+            advance_seen(&mut tx, uid, &seen_after_take(&taken))?;
             tx.commit()?;
             Ok(taken)
         })
     }
 
-    fn requeue(&mut self, ids: &[MessageId], now: u64) -> Result<(), StoreError> {
+    fn requeue(&mut self, uid: Uid, ids: &[MessageId], now: u64) -> Result<(), StoreError> {
         self.with(|conn| {
             let mut tx = conn.start_transaction(TxOpts::default())?;
             set_state(&mut tx, ids, 0, now)?;
+            // A group message taken and not delivered is owed again.
+            for id in ids {
+                tx.exec_drop(
+                    "INSERT IGNORE INTO group_owed (uid, id)
+                     SELECT ?, id FROM group_message WHERE id = ?",
+                    (uid.0, id.0),
+                )?;
+            }
             tx.commit()
+        })
+    }
+}
+
+type Row6 = (u64, u64, String, String, String, u64);
+
+/// `uid`'s undelivered one-to-one messages, oldest first (`lock`: ` FOR UPDATE` or nothing).
+fn read_chats(
+    q: &mut impl Queryable,
+    uid: Uid,
+    rows: usize,
+    lock: &str,
+) -> mysql::Result<Vec<PendingMessage>> {
+    let rows: Vec<(u64, u64, u64, String, String, u64)> = q.exec(
+        format!(
+            "SELECT id, uid, to_uid, type, content, create_time FROM chat
+             WHERE to_uid = ? AND state = 0 ORDER BY id LIMIT ?{lock}"
+        ),
+        (uid.0, rows as u64),
+    )?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, from, to, kind, content, time)| PendingMessage {
+            id: MessageId(id),
+            from: Uid(from),
+            to: Uid(to),
+            group: None,
+            kind,
+            content,
+            time,
+        })
+        .collect())
+}
+
+/// The group messages `uid` is owed, oldest first.
+fn read_group_pending(
+    q: &mut impl Queryable,
+    uid: Uid,
+    rows: usize,
+) -> mysql::Result<Vec<PendingMessage>> {
+    let rows: Vec<Row6> = q.exec(GROUP_PENDING, (uid.0, uid.0, rows as u64))?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, from, group, kind, content, time)| PendingMessage {
+            id: MessageId(id),
+            from: Uid(from),
+            to: uid,
+            group: Some(group),
+            kind,
+            content,
+            time,
+        })
+        .collect())
+}
+
+/// `uid` has had its groups' messages up to these ids (a member's `seen` never goes back).
+fn advance_seen(q: &mut impl Queryable, uid: Uid, seen: &[(&str, MessageId)]) -> mysql::Result<()> {
+    for (group, id) in seen {
+        q.exec_drop(
+            "UPDATE group_member SET seen = GREATEST(seen, ?) WHERE grp = ? AND uid = ?",
+            (id.0, *group, uid.0),
+        )?;
+    }
+    Ok(())
+}
+
+fn member_count(q: &mut impl Queryable, group: &str) -> mysql::Result<u64> {
+    let n: Option<u64> =
+        q.exec_first("SELECT COUNT(*) FROM group_member WHERE grp = ?", (group,))?;
+    Ok(n.unwrap_or(0))
+}
+
+impl GroupMessages for MysqlStore {
+    fn group_insert(&mut self, messages: &[StoredGroupMessage<'_>]) -> Result<(), StoreError> {
+        self.with(|conn| {
+            let mut tx = conn.start_transaction(TxOpts::default())?;
+            for chunk in messages.chunks(ROWS_PER_INSERT) {
+                let rows = vec!["(?,?,?,?,?,?)"; chunk.len()].join(",");
+                let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 6);
+                for m in chunk {
+                    params.extend([
+                        m.id.0.into(),
+                        m.group.into(),
+                        m.from.0.into(),
+                        m.kind.into(),
+                        m.content.into(),
+                        m.time.into(),
+                    ]);
+                }
+                tx.exec_drop(
+                    format!(
+                        "INSERT INTO group_message (id, grp, uid, type, content, create_time)
+                         VALUES {rows} ON DUPLICATE KEY UPDATE id = id"
+                    ),
+                    params,
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    fn group_join(&mut self, group: &str, uids: &[Uid], at: MessageId) -> Result<u64, StoreError> {
+        self.with(|conn| {
+            let mut tx = conn.start_transaction(TxOpts::default())?;
+            for chunk in uids.chunks(ROWS_PER_INSERT * 5) {
+                let rows = vec!["(?,?,?)"; chunk.len()].join(",");
+                let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 3);
+                for uid in chunk {
+                    params.extend([group.into(), uid.0.into(), at.0.into()]);
+                }
+                tx.exec_drop(
+                    format!("INSERT IGNORE INTO group_member (grp, uid, seen) VALUES {rows}"),
+                    params,
+                )?;
+            }
+            let n = member_count(&mut tx, group)?;
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
+    fn group_leave(
+        &mut self,
+        group: &str,
+        leaving: &[(Uid, Option<MessageId>)],
+    ) -> Result<u64, StoreError> {
+        self.with(|conn| {
+            let mut tx = conn.start_transaction(TxOpts::default())?;
+            for (uid, seen) in leaving {
+                tx.exec_drop(
+                    "INSERT IGNORE INTO group_owed (uid, id)
+                     SELECT c.uid, m.id FROM group_member c
+                       JOIN group_message m ON m.grp = c.grp AND m.id > GREATEST(c.seen, ?)
+                      WHERE c.grp = ? AND c.uid = ?",
+                    (seen.map_or(0, |s| s.0), group, uid.0),
+                )?;
+                tx.exec_drop(
+                    "DELETE FROM group_member WHERE grp = ? AND uid = ?",
+                    (group, uid.0),
+                )?;
+            }
+            let n = member_count(&mut tx, group)?;
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
+    fn group_seen(&mut self, uid: Uid, seen: &[(&str, MessageId)]) -> Result<(), StoreError> {
+        self.with(|conn| advance_seen(conn, uid, seen))
+    }
+
+    fn group_owed(&mut self, uid: Uid, ids: &[MessageId]) -> Result<(), StoreError> {
+        self.with(|conn| {
+            for id in ids {
+                conn.exec_drop(
+                    "INSERT IGNORE INTO group_owed (uid, id) VALUES (?, ?)",
+                    (uid.0, id.0),
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn group_all(&mut self) -> Result<Vec<(String, Vec<Uid>)>, StoreError> {
+        self.with(|conn| {
+            let rows: Vec<(String, u64)> =
+                conn.query("SELECT grp, uid FROM group_member ORDER BY grp")?;
+            let mut out: Vec<(String, Vec<Uid>)> = Vec::new();
+            for (group, uid) in rows {
+                match out.last_mut() {
+                    Some((g, members)) if *g == group => members.push(Uid(uid)),
+                    _ => out.push((group, vec![Uid(uid)])),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn group_purge(&mut self, before: MessageId) -> Result<u64, StoreError> {
+        self.with(|conn| {
+            conn.exec_drop("DELETE FROM group_message WHERE id < ?", (before.0,))?;
+            let n = conn.affected_rows();
+            conn.exec_drop("DELETE FROM group_owed WHERE id < ?", (before.0,))?;
+            Ok(n)
         })
     }
 }

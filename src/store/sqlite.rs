@@ -5,8 +5,11 @@
 //! delivered message is appended to the table and touches no index page, where an index on
 //! every row made each commit rewrite one index page per recipient.
 
+use super::groups::{merge_take, seen_after_take, GroupMessages};
 use super::{verdict, MessageStore, StoreError, TakeLimit, TokenStore, TokenVerdict};
-use crate::model::{Credentials, MessageId, PendingMessage, StoredMessage, TokenRecord, Uid};
+use crate::model::{
+    Credentials, MessageId, PendingMessage, StoredGroupMessage, StoredMessage, TokenRecord, Uid,
+};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 use std::time::Duration;
@@ -34,7 +37,39 @@ CREATE TABLE IF NOT EXISTS chat (
 );
 CREATE INDEX IF NOT EXISTS chat_undelivered ON chat (to_uid, id) WHERE state = 0;
 DROP INDEX IF EXISTS chat_to_uid_state;
+CREATE TABLE IF NOT EXISTS group_message (
+    id          INTEGER PRIMARY KEY,
+    grp         TEXT    NOT NULL,
+    uid         INTEGER NOT NULL,
+    type        TEXT    NOT NULL,
+    content     TEXT    NOT NULL,
+    create_time INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS group_message_grp ON group_message (grp, id);
+CREATE TABLE IF NOT EXISTS group_member (
+    grp  TEXT    NOT NULL,
+    uid  INTEGER NOT NULL,
+    seen INTEGER NOT NULL,
+    PRIMARY KEY (grp, uid)
+);
+CREATE INDEX IF NOT EXISTS group_member_uid ON group_member (uid);
+CREATE TABLE IF NOT EXISTS group_owed (
+    uid INTEGER NOT NULL,
+    id  INTEGER NOT NULL,
+    PRIMARY KEY (uid, id)
+);
 ";
+
+/// A member's group messages after its `seen`, and those it is owed, oldest first.
+const GROUP_PENDING: &str = "
+SELECT m.id, m.uid, m.grp, m.type, m.content, m.create_time
+  FROM group_member c JOIN group_message m ON m.grp = c.grp AND m.id > c.seen
+ WHERE c.uid = ?1
+UNION
+SELECT m.id, m.uid, m.grp, m.type, m.content, m.create_time
+  FROM group_owed o JOIN group_message m ON m.id = o.id
+ WHERE o.uid = ?1
+ORDER BY 1 LIMIT ?2";
 
 pub struct SqliteStore {
     db: Connection,
@@ -170,67 +205,290 @@ impl MessageStore for SqliteStore {
         limit: TakeLimit,
         now: u64,
     ) -> Result<Vec<PendingMessage>, StoreError> {
-        // Most logins have nothing waiting: a cached read, no transaction, no file lock.
-        let any: Option<i64> = self
-            .db
-            .prepare_cached("SELECT 1 FROM chat WHERE to_uid = ?1 AND state = 0 LIMIT 1")
-            .map_err(store_err)?
-            .query_row(params![uid.0 as i64], |r| r.get(0))
-            .optional()
-            .map_err(store_err)?;
-        if any.is_none() {
+        // Most logins have nothing waiting: indexed reads, no write lock.
+        if self.read_chats(uid, 1)?.is_empty() && self.read_group_pending(uid, 1)?.is_empty() {
             return Ok(Vec::new());
         }
-        // Immediate: the read and the update that marks what was read happen under the write
-        // lock. A deferred transaction that read first could not upgrade once another worker
-        // had written meanwhile (SQLITE_BUSY at once, which the busy timeout does not cover).
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(store_err)?;
-        let taken: Vec<PendingMessage> = {
-            let mut stmt = tx
-                .prepare_cached(
-                    "SELECT id, uid, to_uid, type, content, create_time FROM chat
-                     WHERE to_uid = ?1 AND state = 0 ORDER BY id LIMIT ?2",
-                )
+        let chats = read_chats(&tx, uid, limit.rows)?;
+        let groups = read_group_pending(&tx, uid, limit.rows)?;
+        let taken = merge_take(chats, groups, limit);
+        set_state(
+            &tx,
+            taken.iter().filter(|m| m.group.is_none()).map(|m| m.id),
+            1,
+            now,
+        )?;
+        {
+            let mut unowe = tx
+                .prepare_cached("DELETE FROM group_owed WHERE uid = ?1 AND id = ?2")
                 .map_err(store_err)?;
-            let rows = stmt
-                .query_map(params![uid.0 as i64, limit.rows as i64], |r| {
-                    Ok(PendingMessage {
-                        id: MessageId(r.get::<_, i64>(0)? as u64),
-                        from: Uid(r.get::<_, i64>(1)? as u64),
-                        to: Uid(r.get::<_, i64>(2)? as u64),
-                        kind: r.get(3)?,
-                        content: r.get(4)?,
-                        time: r.get::<_, i64>(5)? as u64,
-                    })
-                })
-                .map_err(store_err)?;
-            let mut taken = Vec::new();
-            let mut bytes = 0;
-            for row in rows {
-                let m = row.map_err(store_err)?;
-                bytes += m.content.len();
-                taken.push(m);
-                if bytes >= limit.bytes {
-                    break;
-                }
+            for m in taken.iter().filter(|m| m.group.is_some()) {
+                unowe
+                    .execute(params![uid.0 as i64, m.id.0 as i64])
+                    .map_err(store_err)?;
             }
-            taken
-        };
-        set_state(&tx, taken.iter().map(|m| m.id), 1, now)?;
+        }
+        advance_seen(&tx, uid, &seen_after_take(&taken))?;
         tx.commit().map_err(store_err)?;
         Ok(taken)
     }
 
-    fn requeue(&mut self, ids: &[MessageId], now: u64) -> Result<(), StoreError> {
+    fn requeue(&mut self, uid: Uid, ids: &[MessageId], now: u64) -> Result<(), StoreError> {
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(store_err)?;
         set_state(&tx, ids.iter().copied(), 0, now)?;
+        // A group message taken and not delivered is owed again.
+        owe(&tx, uid, ids, true)?;
         tx.commit().map_err(store_err)
+    }
+}
+
+impl SqliteStore {
+    fn read_chats(&mut self, uid: Uid, rows: usize) -> Result<Vec<PendingMessage>, StoreError> {
+        read_chats(&self.db, uid, rows)
+    }
+
+    fn read_group_pending(
+        &mut self,
+        uid: Uid,
+        rows: usize,
+    ) -> Result<Vec<PendingMessage>, StoreError> {
+        read_group_pending(&self.db, uid, rows)
+    }
+
+    fn member_count(tx: &Connection, group: &str) -> Result<u64, StoreError> {
+        tx.prepare_cached("SELECT COUNT(*) FROM group_member WHERE grp = ?1")
+            .map_err(store_err)?
+            .query_row(params![group], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(store_err)
+    }
+}
+
+/// `uid`'s undelivered one-to-one messages, oldest first.
+fn read_chats(db: &Connection, uid: Uid, rows: usize) -> Result<Vec<PendingMessage>, StoreError> {
+    let mut stmt = db
+        .prepare_cached(
+            "SELECT id, uid, to_uid, type, content, create_time FROM chat
+             WHERE to_uid = ?1 AND state = 0 ORDER BY id LIMIT ?2",
+        )
+        .map_err(store_err)?;
+    let rows = stmt
+        .query_map(params![uid.0 as i64, rows as i64], |r| {
+            Ok(PendingMessage {
+                id: MessageId(r.get::<_, i64>(0)? as u64),
+                from: Uid(r.get::<_, i64>(1)? as u64),
+                to: Uid(r.get::<_, i64>(2)? as u64),
+                group: None,
+                kind: r.get(3)?,
+                content: r.get(4)?,
+                time: r.get::<_, i64>(5)? as u64,
+            })
+        })
+        .map_err(store_err)?;
+    rows.collect::<Result<_, _>>().map_err(store_err)
+}
+
+/// The group messages `uid` is owed, oldest first.
+fn read_group_pending(
+    db: &Connection,
+    uid: Uid,
+    rows: usize,
+) -> Result<Vec<PendingMessage>, StoreError> {
+    let mut stmt = db.prepare_cached(GROUP_PENDING).map_err(store_err)?;
+    let rows = stmt
+        .query_map(params![uid.0 as i64, rows as i64], |r| {
+            Ok(PendingMessage {
+                id: MessageId(r.get::<_, i64>(0)? as u64),
+                from: Uid(r.get::<_, i64>(1)? as u64),
+                to: uid,
+                group: Some(r.get(2)?),
+                kind: r.get(3)?,
+                content: r.get(4)?,
+                time: r.get::<_, i64>(5)? as u64,
+            })
+        })
+        .map_err(store_err)?;
+    rows.collect::<Result<_, _>>().map_err(store_err)
+}
+
+/// `uid` has had its groups' messages up to these ids (a member's `seen` never goes back).
+fn advance_seen(tx: &Connection, uid: Uid, seen: &[(&str, MessageId)]) -> Result<(), StoreError> {
+    let mut stmt = tx
+        .prepare_cached("UPDATE group_member SET seen = MAX(seen, ?3) WHERE grp = ?1 AND uid = ?2")
+        .map_err(store_err)?;
+    for (group, id) in seen {
+        stmt.execute(params![group, uid.0 as i64, id.0 as i64])
+            .map_err(store_err)?;
+    }
+    Ok(())
+}
+
+/// Group messages `ids` are owed to `uid`. `kept_only`: only ids of kept group messages (the
+/// list may hold one-to-one ones too).
+fn owe(tx: &Connection, uid: Uid, ids: &[MessageId], kept_only: bool) -> Result<(), StoreError> {
+    let sql = if kept_only {
+        "INSERT OR IGNORE INTO group_owed (uid, id)
+         SELECT ?1, id FROM group_message WHERE id = ?2"
+    } else {
+        "INSERT OR IGNORE INTO group_owed (uid, id) VALUES (?1, ?2)"
+    };
+    let mut stmt = tx.prepare_cached(sql).map_err(store_err)?;
+    for id in ids {
+        stmt.execute(params![uid.0 as i64, id.0 as i64])
+            .map_err(store_err)?;
+    }
+    Ok(())
+}
+
+impl GroupMessages for SqliteStore {
+    fn group_insert(&mut self, messages: &[StoredGroupMessage<'_>]) -> Result<(), StoreError> {
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(store_err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO group_message (id, grp, uid, type, content, create_time)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(store_err)?;
+            for m in messages {
+                stmt.execute(params![
+                    m.id.0 as i64,
+                    m.group,
+                    m.from.0 as i64,
+                    m.kind,
+                    m.content,
+                    m.time as i64
+                ])
+                .map_err(store_err)?;
+            }
+        }
+        tx.commit().map_err(store_err)
+    }
+
+    fn group_join(&mut self, group: &str, uids: &[Uid], at: MessageId) -> Result<u64, StoreError> {
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(store_err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO group_member (grp, uid, seen) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(store_err)?;
+            for uid in uids {
+                stmt.execute(params![group, uid.0 as i64, at.0 as i64])
+                    .map_err(store_err)?;
+            }
+        }
+        let n = Self::member_count(&tx, group)?;
+        tx.commit().map_err(store_err)?;
+        Ok(n)
+    }
+
+    fn group_leave(
+        &mut self,
+        group: &str,
+        leaving: &[(Uid, Option<MessageId>)],
+    ) -> Result<u64, StoreError> {
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(store_err)?;
+        {
+            let mut keep_owed = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO group_owed (uid, id)
+                     SELECT c.uid, m.id FROM group_member c
+                       JOIN group_message m ON m.grp = c.grp AND m.id > MAX(c.seen, ?3)
+                      WHERE c.grp = ?1 AND c.uid = ?2",
+                )
+                .map_err(store_err)?;
+            let mut remove = tx
+                .prepare_cached("DELETE FROM group_member WHERE grp = ?1 AND uid = ?2")
+                .map_err(store_err)?;
+            for (uid, seen) in leaving {
+                let seen = seen.map_or(0, |s| s.0 as i64);
+                keep_owed
+                    .execute(params![group, uid.0 as i64, seen])
+                    .map_err(store_err)?;
+                remove
+                    .execute(params![group, uid.0 as i64])
+                    .map_err(store_err)?;
+            }
+        }
+        let n = Self::member_count(&tx, group)?;
+        tx.commit().map_err(store_err)?;
+        Ok(n)
+    }
+
+    fn group_seen(&mut self, uid: Uid, seen: &[(&str, MessageId)]) -> Result<(), StoreError> {
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(store_err)?;
+        advance_seen(&tx, uid, seen)?;
+        tx.commit().map_err(store_err)
+    }
+
+    fn group_owed(&mut self, uid: Uid, ids: &[MessageId]) -> Result<(), StoreError> {
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(store_err)?;
+        owe(&tx, uid, ids, false)?;
+        tx.commit().map_err(store_err)
+    }
+
+    fn group_all(&mut self) -> Result<Vec<(String, Vec<Uid>)>, StoreError> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT grp, uid FROM group_member ORDER BY grp")
+            .map_err(store_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, Uid(r.get::<_, i64>(1)? as u64)))
+            })
+            .map_err(store_err)?;
+        let mut out: Vec<(String, Vec<Uid>)> = Vec::new();
+        for row in rows {
+            let (group, uid) = row.map_err(store_err)?;
+            match out.last_mut() {
+                Some((g, members)) if *g == group => members.push(uid),
+                _ => out.push((group, vec![uid])),
+            }
+        }
+        Ok(out)
+    }
+
+    fn group_purge(&mut self, before: MessageId) -> Result<u64, StoreError> {
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(store_err)?;
+        let n = tx
+            .execute(
+                "DELETE FROM group_message WHERE id < ?1",
+                params![before.0 as i64],
+            )
+            .map_err(store_err)?;
+        tx.execute(
+            "DELETE FROM group_owed WHERE id < ?1",
+            params![before.0 as i64],
+        )
+        .map_err(store_err)?;
+        tx.commit().map_err(store_err)?;
+        Ok(n as u64)
     }
 }
 
@@ -344,11 +602,84 @@ mod tests {
         };
         assert_eq!(take(&mut s), vec![1, 3]);
         assert!(take(&mut s).is_empty(), "taken once");
-        s.requeue(&[MessageId(3)], 9).expect("requeue");
+        s.requeue(Uid(2), &[MessageId(3)], 9).expect("requeue");
         assert_eq!(take(&mut s), vec![3]);
         // A backup copy made undelivered again (its recipient was cut off) comes back too.
-        s.requeue(&[MessageId(2)], 9).expect("requeue");
+        s.requeue(Uid(2), &[MessageId(2)], 9).expect("requeue");
         assert_eq!(take(&mut s), vec![2]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn group_messages_are_kept_once_and_taken_in_order_with_the_rest() {
+        let (mut s, dir) = temp_store();
+        let limit = TakeLimit {
+            rows: 100,
+            bytes: 1 << 20,
+        };
+        let take = |s: &mut SqliteStore, uid| -> Vec<(u64, Option<String>)> {
+            s.take_pending(Uid(uid), limit, 9)
+                .expect("take")
+                .into_iter()
+                .map(|m| (m.id.0, m.group))
+                .collect()
+        };
+        let group_msg = |id| StoredGroupMessage {
+            id: MessageId(id),
+            from: Uid(1),
+            group: "g",
+            kind: "chat",
+            content: "\"hi\"",
+            time: 5,
+        };
+        // Uid 2 joins at 10; uid 3 at 25: nothing from before joining.
+        assert_eq!(
+            s.group_join("g", &[Uid(2)], MessageId(10)).expect("join"),
+            1
+        );
+        s.group_insert(&[group_msg(20)]).expect("insert");
+        assert_eq!(
+            s.group_join("g", &[Uid(3), Uid(2)], MessageId(25))
+                .expect("join"),
+            2
+        );
+        s.group_insert(&[group_msg(30), group_msg(30)])
+            .expect("insert twice is once");
+        s.insert(&[StoredMessage {
+            id: MessageId(22),
+            from: Uid(1),
+            to: Uid(2),
+            kind: "chat",
+            delivery: Delivery::Undelivered,
+            content: "1",
+            time: 5,
+        }])
+        .expect("chat");
+        let g = Some("g".to_string());
+        assert_eq!(
+            take(&mut s, 2),
+            [(20, g.clone()), (22, None), (30, g.clone())]
+        );
+        assert!(take(&mut s, 2).is_empty(), "each exactly once");
+        assert_eq!(take(&mut s, 3), [(30, g.clone())]);
+        // Taken and not delivered: owed again; cut off live: owed.
+        s.requeue(Uid(3), &[MessageId(30)], 9).expect("requeue");
+        s.group_owed(Uid(3), &[MessageId(40)]).expect("owed");
+        s.group_insert(&[group_msg(40)]).expect("insert");
+        assert_eq!(take(&mut s, 3), [(30, g.clone()), (40, g.clone())]);
+        // Uid 2 was online up to 40, then went offline.
+        s.group_seen(Uid(2), &[("g", MessageId(40))]).expect("seen");
+        s.group_insert(&[group_msg(50)]).expect("insert");
+        // Leaving keeps what was sent while a member.
+        assert_eq!(s.group_leave("g", &[(Uid(2), None)]).expect("leave"), 1);
+        s.group_insert(&[group_msg(60)]).expect("insert");
+        assert_eq!(take(&mut s, 2), [(50, g.clone())]);
+        assert_eq!(
+            s.group_all().expect("all"),
+            [("g".to_string(), vec![Uid(3)])]
+        );
+        assert_eq!(s.group_purge(MessageId(55)).expect("purge"), 4);
+        assert_eq!(take(&mut s, 3), [(60, g)]);
         let _ = std::fs::remove_dir_all(dir);
     }
 

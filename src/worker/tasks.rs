@@ -7,7 +7,7 @@ use crate::ipc::{
     ClusterMessage, LoginRefusal, PendingFrame, Reply, Task, TaskFailure, PENDING_BYTES,
     PENDING_PER_LOGIN,
 };
-use crate::model::{Credentials, StoredMessage, Uid};
+use crate::model::{Credentials, MessageId, StoredMessage, Uid};
 use crate::protocol::frames;
 use crate::store::cluster::ClusterStore;
 use crate::store::mysql::MysqlStore;
@@ -64,8 +64,28 @@ impl Stores {
             Task::SaveToken(record) => self.tokens.save(&record).map(|_| Reply::Ok),
             Task::Store(batch) => self.store(&batch),
             Task::FetchPending(uid) => Ok(self.take_pending(uid)),
-            Task::Requeue(ids) => self.messages.requeue(&ids, unix_now()).map(|_| Reply::Ok),
+            Task::Requeue { uid, ids } => self
+                .messages
+                .requeue(uid, &ids, unix_now())
+                .map(|_| Reply::Ok),
             Task::Ping => self.tokens.ping().map(|_| Reply::Ok),
+            Task::GroupStore(m) => self
+                .messages
+                .group_insert(std::slice::from_ref(&m))
+                .map(|_| Reply::Ok),
+            Task::GroupJoin { group, uids, at } => self.group_join(group, &uids, at),
+            Task::GroupLeave { group, leaving } => self.group_leave(group, &leaving),
+            Task::GroupSeen { uid, seen } => {
+                self.messages.group_seen(uid, &seen).map(|_| Reply::Ok)
+            }
+            Task::GroupOwed { uid, ids } => self.messages.group_owed(uid, &ids).map(|_| Reply::Ok),
+            Task::GroupLoad => self.group_load(),
+            Task::GroupPurge { before } => self.messages.group_purge(before).map(|n| {
+                if n > 0 {
+                    log::info!("{n} group message(s) past their retention forgotten");
+                }
+                Reply::Ok
+            }),
             cluster_task => match self.cluster.as_mut() {
                 Some(cluster) => cluster_task_reply(cluster, cluster_task),
                 None => return Reply::Failed(TaskFailure::NotClustered),
@@ -121,6 +141,43 @@ impl Stores {
         })
     }
 
+    /// Membership lives with the group messages on one node, in Redis in a cluster (the
+    /// message store then keeps each member's place for its offline messages).
+    fn group_join(
+        &mut self,
+        group: &str,
+        uids: &[Uid],
+        at: MessageId,
+    ) -> Result<Reply, StoreError> {
+        let n = self.messages.group_join(group, uids, at)?;
+        Ok(Reply::Members(match self.cluster.as_mut() {
+            Some(cluster) => cluster.group_join(group, uids)?,
+            None => n,
+        }))
+    }
+
+    fn group_leave(
+        &mut self,
+        group: &str,
+        leaving: &[(Uid, Option<MessageId>)],
+    ) -> Result<Reply, StoreError> {
+        let n = self.messages.group_leave(group, leaving)?;
+        Ok(Reply::Members(match self.cluster.as_mut() {
+            Some(cluster) => {
+                let uids: Vec<Uid> = leaving.iter().map(|(u, _)| *u).collect();
+                cluster.group_leave(group, &uids)?
+            }
+            None => n,
+        }))
+    }
+
+    fn group_load(&mut self) -> Result<Reply, StoreError> {
+        Ok(Reply::Groups(match self.cluster.as_mut() {
+            Some(cluster) => cluster.group_all()?,
+            None => self.messages.group_all()?,
+        }))
+    }
+
     fn login(&mut self, login: &Credentials) -> Result<Reply, StoreError> {
         Ok(match self.tokens.check(login, unix_now())? {
             TokenVerdict::Valid => self.take_pending(login.uid),
@@ -143,9 +200,16 @@ impl Stores {
                     .iter()
                     .map(|m| PendingFrame {
                         id: m.id,
-                        frame: frames::message(m.id, &m.kind, m.from, m.to, m.time, 0, &m.content)
-                            .0
-                            .to_vec(),
+                        frame: match &m.group {
+                            None => {
+                                frames::message(m.id, &m.kind, m.from, m.to, m.time, 0, &m.content)
+                            }
+                            Some(g) => frames::group_message(
+                                m.id, &m.kind, m.from, g, m.time, 0, &m.content,
+                            ),
+                        }
+                        .0
+                        .to_vec(),
                     })
                     .collect(),
                 store_down: false,
@@ -174,6 +238,7 @@ fn cluster_task_reply(cluster: &mut ClusterStore, task: Task<'_>) -> Result<Repl
         },
         Task::Broadcast(message) => cluster.broadcast(&message.to_json()).map(|_| Reply::Ok)?,
         Task::Online(uid) => Reply::Sources(cluster.remote_sources(uid)?),
+        Task::GroupOnline(uids) => Reply::Online(cluster.online_of(&uids)?),
         Task::Heartbeat => cluster.heartbeat().map(|_| Reply::Ok)?,
         Task::PurgeSelf => cluster.purge_self().map(|_| Reply::Ok)?,
         Task::Resync(changes) => {
@@ -183,8 +248,15 @@ fn cluster_task_reply(cluster: &mut ClusterStore, task: Task<'_>) -> Result<Repl
         Task::Login(_)
         | Task::SaveToken(_)
         | Task::Store(_)
-        | Task::Requeue(_)
+        | Task::Requeue { .. }
         | Task::FetchPending(_)
-        | Task::Ping => Reply::Failed(TaskFailure::NotClustered),
+        | Task::Ping
+        | Task::GroupStore(_)
+        | Task::GroupJoin { .. }
+        | Task::GroupLeave { .. }
+        | Task::GroupSeen { .. }
+        | Task::GroupOwed { .. }
+        | Task::GroupLoad
+        | Task::GroupPurge { .. } => Reply::Failed(TaskFailure::NotClustered),
     })
 }

@@ -29,7 +29,7 @@ pub enum Door {
 const DOORS: [&str; 2] = ["udp", "http"];
 
 /// The `means` label, by `means_index`.
-const MEANS: [&str; 8] = [
+const MEANS: [&str; 13] = [
     "to_uid",
     "to_uids",
     "to_uid_all",
@@ -38,6 +38,11 @@ const MEANS: [&str; 8] = [
     "to_fd_all",
     "online",
     "kick",
+    "join_group",
+    "leave_group",
+    "to_group",
+    "group_members",
+    "ungroup",
 ];
 
 /// The reply codes counted one by one (HTTP statuses; a UDP reply's `code` 0 is 200); any
@@ -153,7 +158,11 @@ impl Metrics {
             Means::Online(_) | Means::Kick(_) => false,
             Means::ToUid(_) => !self.clustered,
             Means::ToUids(uids) => uids.is_empty() || !self.clustered,
-            Means::Broadcast | Means::ToFds(_) => true,
+            Means::Broadcast | Means::ToFds(_) | Means::ToGroup { .. } => true,
+            Means::JoinGroup(..)
+            | Means::LeaveGroup(..)
+            | Means::GroupMembers(_)
+            | Means::Ungroup(_) => false,
         };
         self.routed += u64::from(delivered_here);
     }
@@ -238,6 +247,11 @@ fn means_index(means: &Means) -> usize {
         Means::ToFds(_) => 5,
         Means::Online(_) => 6,
         Means::Kick(_) => 7,
+        Means::JoinGroup(..) => 8,
+        Means::LeaveGroup(..) => 9,
+        Means::ToGroup { .. } => 10,
+        Means::GroupMembers(_) => 11,
+        Means::Ungroup(_) => 12,
     }
 }
 

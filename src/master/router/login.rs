@@ -20,9 +20,19 @@ impl Router {
     /// alone: the worker is only asked for the take (a fetch carries no token), so the login
     /// frame and the kept messages come as after any login.
     pub fn login_requested(&mut self, conn: ConnId, login: Credentials, now: Instant) {
+        self.backlogs.take_started(login.uid);
+        if self.groups.has_unstored(login.uid) {
+            // The take would miss a group message on its way to the store (see `group`).
+            self.waiting_logins.push((conn, login));
+            return;
+        }
+        self.submit_login(conn, login, now);
+    }
+
+    /// Sends a login's check (and take) to its worker.
+    pub(super) fn submit_login(&mut self, conn: ConnId, login: Credentials, now: Instant) {
         // What is batched goes first, so that the check's take sees it.
         self.submit_store_batches();
-        self.backlogs.take_started(login.uid);
         let origin = Origin::Login {
             conn,
             uid: login.uid,
@@ -111,6 +121,9 @@ impl Router {
             ws.close(old.conn, close_code::REPLACED, "logged in elsewhere", now);
         }
         let clustered = self.relay.is_some();
+        if self.registry.connections_of(uid).len() == 1 {
+            self.groups_online(uid);
+        }
         ws.open(conn, uid, source, !clustered, now);
         let client = ws.client(conn).map(|(addr, _)| addr.ip());
         self.presence(uid, source, conn, true, device.as_deref(), client);

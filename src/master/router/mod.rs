@@ -11,21 +11,26 @@
 
 mod backlog;
 pub mod demo;
+mod group;
 mod login;
 mod push;
 mod relay;
 
+pub use group::GroupChange;
 pub use push::{online_body, PushOutcome};
 pub use relay::{WaiterId, PRESENCE_KEY};
 
 use crate::ids::{unix_now, IdGenerator};
 use crate::ipc::{self, Task};
 use crate::master::api::ApiConnId;
+use crate::master::groups::Groups;
 use crate::master::message::{Kind, Message};
 use crate::master::registry::Registry;
 use crate::master::store_queue::StoreQueue;
 use crate::master::ws::{Outgoing, Sessions};
-use crate::model::{ConnId, Delivery, MessageId, PresenceChange, Source, Uid};
+use crate::model::{
+    ConnId, Credentials, Delivery, GroupName, MessageId, PresenceChange, Source, Uid,
+};
 use crate::net::stream::Transport;
 use crate::protocol::frames;
 use bytes::Bytes;
@@ -72,6 +77,22 @@ pub enum Origin {
     /// Readiness: a worker slot's ping (see `metrics::readiness`).
     Ping {
         slot: usize,
+    },
+    /// A group membership change; its pusher waits for the answer.
+    Group {
+        to: ReplyTo,
+        change: GroupChange,
+    },
+    /// A group message's write: logins waiting for it go on when it is answered.
+    GroupStored {
+        group: GroupName,
+    },
+    /// The start-up read of every group.
+    GroupLoad,
+    /// Cluster: which members of a group are online on some node.
+    GroupOnline {
+        to: ReplyTo,
+        uids: Vec<Uid>,
     },
 }
 
@@ -137,6 +158,13 @@ pub struct Router {
     welcoming: HashMap<Uid, Vec<ConnId>>,
     /// The demo page's tokens, judged here and never by a worker.
     demo: demo::DemoTokens,
+    groups: Groups,
+    max_group_members: usize,
+    /// Logins whose take waits for a group message to be written first (see
+    /// `Groups::has_unstored`).
+    waiting_logins: Vec<(ConnId, Credentials)>,
+    /// The start-up read of the groups was asked for.
+    groups_asked: bool,
 }
 
 impl Router {
@@ -152,6 +180,10 @@ impl Router {
             backlogs: backlog::Backlogs::default(),
             welcoming: HashMap::new(),
             demo: demo::DemoTokens::default(),
+            groups: Groups::default(),
+            max_group_members: usize::MAX,
+            waiting_logins: Vec::new(),
+            groups_asked: false,
         }
     }
 
@@ -193,6 +225,7 @@ impl Router {
     pub fn shrink(&mut self) {
         self.registry.shrink();
         self.demo.shrink();
+        self.groups.shrink();
     }
 
     /// Hands the batched messages to the workers (once per loop turn).
@@ -333,6 +366,7 @@ impl Router {
         if !self.registry.is_online(uid) {
             // What waits is taken at its next login.
             self.backlogs.forget(uid);
+            self.groups_offline(uid);
         }
     }
 
@@ -349,6 +383,7 @@ impl Router {
     /// live ones kept as undelivered.
     fn keep_unsent(&mut self, uid: Uid, entries: Vec<Outgoing>) {
         let mut requeue = Vec::new();
+        let mut owed = Vec::new();
         for entry in entries {
             match entry {
                 Outgoing::Message(m) if m.to == uid => {
@@ -356,9 +391,11 @@ impl Router {
                     self.store.keep(m, Delivery::Undelivered);
                 }
                 Outgoing::Kept { id, .. } => requeue.push(id),
+                Outgoing::Group(m) => owed.push(m.id),
                 _ => {}
             }
         }
+        self.owe(uid, owed);
         // The batch above is written first (same slot, in order); a copy already kept as
         // delivered is then marked undelivered again.
         self.submit_store_batches();
@@ -372,7 +409,7 @@ impl Router {
     /// Marks kept messages that did not reach their recipient undelivered again.
     fn requeue(&mut self, uid: Uid, ids: Vec<MessageId>) {
         if !ids.is_empty() {
-            self.task(uid.0, &Task::Requeue(ids), Origin::Store);
+            self.task(uid.0, &Task::Requeue { uid, ids }, Origin::Store);
         }
     }
 

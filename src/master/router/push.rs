@@ -28,7 +28,7 @@ pub enum PushOutcome {
 }
 
 impl PushOutcome {
-    fn delivered(id: Option<MessageId>, delivered: usize) -> PushOutcome {
+    pub(super) fn delivered(id: Option<MessageId>, delivered: usize) -> PushOutcome {
         PushOutcome::Now {
             status: 200,
             body: delivered_body(id, delivered),
@@ -129,6 +129,11 @@ impl Router {
                 }
                 PushOutcome::delivered(None, kicked)
             }
+            Means::JoinGroup(group, uids) => self.join_group(group, uids, to),
+            Means::LeaveGroup(group, uids) => self.leave_group(group, uids, to),
+            Means::Ungroup(group) => self.ungroup(group, to),
+            Means::GroupMembers(group) => self.group_members(&group, to),
+            Means::ToGroup { group, exclude } => self.push_to_group(ws, group, exclude, &data, now),
         }
     }
 

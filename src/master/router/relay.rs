@@ -10,7 +10,7 @@ use crate::ipc::{ClusterMessage, MessageMeta, Reply, Task};
 use crate::master::http::error_body;
 use crate::master::message::{Kind, Message};
 use crate::master::ws::{Outgoing, Sessions};
-use crate::model::{ConnId, Delivery, MessageId, PresenceChange, Uid};
+use crate::model::{ConnId, Delivery, GroupName, MessageId, PresenceChange, Uid};
 use crate::net::stream::Transport;
 use crate::protocol::{close_code, frames};
 use bytes::Bytes;
@@ -50,7 +50,7 @@ struct PushWaiter {
 
 pub(super) struct Relay {
     /// `ip:port`: how broadcasts name their origin.
-    node: String,
+    pub(super) node: String,
     waiters: HashMap<WaiterId, Waiter>,
     next: u64,
 }
@@ -310,6 +310,27 @@ impl Router {
             }
             ClusterMessage::Kick { uid } => {
                 self.kick_local(ws, uid, now);
+            }
+            ClusterMessage::Group {
+                origin,
+                group,
+                exclude,
+                meta,
+                frame,
+            } => {
+                let from_here = self.relay.as_ref().is_some_and(|r| r.node == origin);
+                if let (false, Some(group)) = (from_here, GroupName::new(group)) {
+                    self.group_relayed(ws, group, exclude, &meta, frame, now);
+                }
+            }
+            ClusterMessage::Members { group, join, uids } => {
+                if let Some(group) = GroupName::new(group) {
+                    self.group_changed_elsewhere(if join {
+                        super::GroupChange::Join(group, uids)
+                    } else {
+                        super::GroupChange::Leave(group, uids)
+                    });
+                }
             }
             ClusterMessage::Fetch { uid } => {
                 if self.registry.is_online(uid) {

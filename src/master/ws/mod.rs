@@ -17,7 +17,7 @@ pub use outqueue::{OutQueue, Outgoing};
 pub use session::SessionConfig;
 
 use crate::master::http::Request;
-use crate::model::{ConnId, Credentials, Source, Uid};
+use crate::model::{ConnId, Credentials, GroupName, Source, Uid};
 use crate::net::stream::Transport;
 use admission::Admission;
 use bytes::Bytes;
@@ -48,6 +48,15 @@ pub enum WsEvent {
         conn: ConnId,
         from: Uid,
         to: Uid,
+        kind: &'static str,
+        text: Bytes,
+        content: Range<usize>,
+    },
+    /// A chat to a group from a logged-in client, as `Chat`.
+    GroupChat {
+        conn: ConnId,
+        from: Uid,
+        group: GroupName,
         kind: &'static str,
         text: Bytes,
         content: Range<usize>,
@@ -105,6 +114,8 @@ impl Carried {
         match entry {
             Outgoing::Message(m) if m.kind.is_chat() => Carried::Chat,
             Outgoing::Message(_) => Carried::Push,
+            Outgoing::Group(m) if m.kind.is_chat() => Carried::Chat,
+            Outgoing::Group(_) => Carried::Push,
             Outgoing::Kept { .. } => Carried::Kept,
             Outgoing::Frame(_) => Carried::Control,
         }

@@ -3,7 +3,7 @@
 //! never got is kept without reading the frames back. Writes gather queued frames into one
 //! `writev`. An idle connection's queue holds no allocation.
 
-use crate::master::message::Message;
+use crate::master::message::{GroupMessage, Message};
 use crate::model::MessageId;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -22,6 +22,9 @@ pub enum Outgoing {
     Message(Rc<Message>),
     /// A kept message handed out again: made undelivered again if it never reaches the socket.
     Kept { id: MessageId, frame: Bytes },
+    /// A group message: owed to its recipient (kept for its next login) if it never reaches
+    /// the socket.
+    Group(Rc<GroupMessage>),
 }
 
 impl Outgoing {
@@ -29,6 +32,7 @@ impl Outgoing {
         match self {
             Outgoing::Frame(b) | Outgoing::Kept { frame: b, .. } => b,
             Outgoing::Message(m) => &m.frame,
+            Outgoing::Group(m) => &m.frame,
         }
     }
 

@@ -11,6 +11,7 @@ pub(super) fn kinds(events: &[WsEvent]) -> Vec<&'static str> {
             WsEvent::Login { .. } => "Login",
             WsEvent::Page { .. } => "Page",
             WsEvent::Chat { .. } => "Chat",
+            WsEvent::GroupChat { .. } => "GroupChat",
             WsEvent::Offline { .. } => "Offline",
             WsEvent::Undelivered { .. } => "Undelivered",
             WsEvent::Drained { .. } => "Drained",

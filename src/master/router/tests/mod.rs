@@ -229,7 +229,7 @@ fn stored(actions: &[Action]) -> Vec<String> {
 /// The ids of every Requeue task, one list per task.
 fn requeued(actions: &[Action]) -> Vec<Vec<u64>> {
     let ids = |(_, t, _)| match t {
-        Task::Requeue(ids) => Some(ids.iter().map(|i| i.0).collect()),
+        Task::Requeue { ids, .. } => Some(ids.iter().map(|i| i.0).collect()),
         _ => None,
     };
     tasks(actions).into_iter().filter_map(ids).collect()

@@ -338,6 +338,22 @@ impl<S: Transport> Session<S> {
                     content,
                 });
             }
+            Ok(ClientRequest::GroupChat {
+                group,
+                kind,
+                content,
+            }) => {
+                let start = content.get().as_ptr() as usize - s.as_ptr() as usize;
+                let content = start..start + content.get().len();
+                events.push(WsEvent::GroupChat {
+                    conn: self.conn,
+                    from,
+                    group,
+                    kind,
+                    text,
+                    content,
+                });
+            }
         }
     }
 

@@ -1,0 +1,240 @@
+//! The master's table of groups: who is a member (a copy of the store's membership, loaded at
+//! start and changed as the store answers each change), which members have a connection on
+//! this node, and where each group's messages stand. A group send then costs one lookup and
+//! one queue per online member connection; offline members cost nothing here (their messages
+//! wait in the store, see `store::groups`).
+
+use crate::model::{GroupName, MessageId, Uid};
+use std::collections::{HashMap, HashSet};
+
+#[derive(Debug, Default)]
+struct Group {
+    members: HashSet<Uid>,
+    /// Members with a connection on this node.
+    online: HashSet<Uid>,
+    /// The newest message this node sent to the group: online members had everything up to
+    /// it (or are owed what they did not get).
+    last: MessageId,
+    /// Messages of this group sent to the store and not written yet.
+    unstored: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Groups {
+    table: HashMap<GroupName, Group>,
+    /// Each uid's groups (the uids of no group have no entry).
+    of_uid: HashMap<Uid, Vec<GroupName>>,
+    /// The table was read from the store.
+    loaded: bool,
+}
+
+impl Groups {
+    pub fn is_loaded(&self) -> bool {
+        self.loaded
+    }
+
+    /// The store's groups, read at start; `online` says who has a connection here now.
+    pub fn load(&mut self, groups: Vec<(String, Vec<Uid>)>, online: impl Fn(Uid) -> bool) {
+        for (name, uids) in groups {
+            // Names were checked when they were created; one that is not valid is skipped.
+            if let Some(name) = GroupName::new(&name) {
+                self.join(&name, &uids, &online);
+            }
+        }
+        self.loaded = true;
+    }
+
+    pub fn members(&self, group: &GroupName) -> Option<&HashSet<Uid>> {
+        self.table.get(group).map(|g| &g.members)
+    }
+
+    pub fn member_count(&self, group: &GroupName) -> usize {
+        self.table.get(group).map_or(0, |g| g.members.len())
+    }
+
+    /// Members with a connection on this node.
+    pub fn online_members(&self, group: &GroupName) -> impl Iterator<Item = Uid> + '_ {
+        self.table
+            .get(group)
+            .into_iter()
+            .flat_map(|g| g.online.iter().copied())
+    }
+
+    pub fn is_member(&self, group: &GroupName, uid: Uid) -> bool {
+        self.table
+            .get(group)
+            .is_some_and(|g| g.members.contains(&uid))
+    }
+
+    /// How many of `uids` are not members yet.
+    pub fn newcomers(&self, group: &GroupName, uids: &[Uid]) -> usize {
+        match self.table.get(group) {
+            None => uids.len(),
+            Some(g) => uids.iter().filter(|u| !g.members.contains(u)).count(),
+        }
+    }
+
+    pub fn join(&mut self, group: &GroupName, uids: &[Uid], online: impl Fn(Uid) -> bool) {
+        let g = self.table.entry(group.clone()).or_default();
+        for &uid in uids {
+            if g.members.insert(uid) {
+                self.of_uid.entry(uid).or_default().push(group.clone());
+                if online(uid) {
+                    g.online.insert(uid);
+                }
+            }
+        }
+    }
+
+    /// Removes members; a group without members is forgotten.
+    pub fn leave(&mut self, group: &GroupName, uids: &[Uid]) {
+        let Some(g) = self.table.get_mut(group) else {
+            return;
+        };
+        for uid in uids {
+            if g.members.remove(uid) {
+                g.online.remove(uid);
+                if let Some(groups) = self.of_uid.get_mut(uid) {
+                    groups.retain(|n| n != group);
+                    if groups.is_empty() {
+                        self.of_uid.remove(uid);
+                    }
+                }
+            }
+        }
+        if g.members.is_empty() && g.unstored == 0 {
+            self.table.remove(group);
+        }
+    }
+
+    /// For a member leaving: `Some(last)` when it is online here (it had everything sent from
+    /// here up to `last`).
+    pub fn seen_if_online(&self, group: &GroupName, uid: Uid) -> Option<MessageId> {
+        self.table
+            .get(group)
+            .filter(|g| g.online.contains(&uid))
+            .map(|g| g.last)
+    }
+
+    /// `uid` has its first connection on this node.
+    pub fn came_online(&mut self, uid: Uid) {
+        for name in self.of_uid.get(&uid).into_iter().flatten() {
+            if let Some(g) = self.table.get_mut(name) {
+                g.online.insert(uid);
+            }
+        }
+    }
+
+    /// `uid`'s last connection on this node went: where each of its groups stands, as far as
+    /// it has had them (empty when it is in no group).
+    pub fn went_offline(&mut self, uid: Uid) -> Vec<(GroupName, MessageId)> {
+        let mut seen = Vec::new();
+        for name in self.of_uid.get(&uid).into_iter().flatten() {
+            if let Some(g) = self.table.get_mut(name) {
+                if g.online.remove(&uid) && g.last != MessageId::default() {
+                    seen.push((name.clone(), g.last));
+                }
+            }
+        }
+        seen
+    }
+
+    /// A message `id` was sent to `group` from this node; it goes to the store.
+    pub fn sent(&mut self, group: &GroupName, id: MessageId) {
+        if let Some(g) = self.table.get_mut(group) {
+            g.last = g.last.max(id);
+            g.unstored += 1;
+        }
+    }
+
+    /// Another node sent `id` to `group` (and keeps it): members online here have had it.
+    pub fn relayed(&mut self, group: &GroupName, id: MessageId) {
+        if let Some(g) = self.table.get_mut(group) {
+            g.last = g.last.max(id);
+        }
+    }
+
+    /// The store has answered for one of `group`'s messages.
+    pub fn stored(&mut self, group: &GroupName) {
+        if let Some(g) = self.table.get_mut(group) {
+            g.unstored = g.unstored.saturating_sub(1);
+            if g.members.is_empty() && g.unstored == 0 {
+                self.table.remove(group);
+            }
+        }
+    }
+
+    /// Whether a group of `uid` has a message on its way to the store: a take of `uid`'s
+    /// messages now could miss it, and it would not come later either (`uid` is online when
+    /// it is written), so the take waits for it.
+    pub fn has_unstored(&self, uid: Uid) -> bool {
+        self.of_uid
+            .get(&uid)
+            .into_iter()
+            .flatten()
+            .any(|n| self.table.get(n).is_some_and(|g| g.unstored > 0))
+    }
+
+    /// Gives back the room of tables that held far more than they do now.
+    pub fn shrink(&mut self) {
+        if self.of_uid.capacity() > 64 && self.of_uid.len() < self.of_uid.capacity() / 4 {
+            self.of_uid.shrink_to_fit();
+        }
+        if self.table.capacity() > 64 && self.table.len() < self.table.capacity() / 4 {
+            self.table.shrink_to_fit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(name: &str) -> GroupName {
+        GroupName::new(name).expect("name")
+    }
+
+    #[test]
+    fn membership_and_who_is_online() {
+        let mut t = Groups::default();
+        let online = |u: Uid| u.0.is_multiple_of(2);
+        t.load(vec![("a".into(), vec![Uid(1), Uid(2)])], online);
+        assert!(t.is_loaded());
+        t.join(&g("a"), &[Uid(2), Uid(4)], online);
+        assert_eq!(t.member_count(&g("a")), 3);
+        let mut on: Vec<u64> = t.online_members(&g("a")).map(|u| u.0).collect();
+        on.sort();
+        assert_eq!(on, [2, 4]);
+        assert_eq!(t.newcomers(&g("a"), &[Uid(1), Uid(9)]), 1);
+        t.came_online(Uid(1));
+        assert_eq!(t.online_members(&g("a")).count(), 3);
+        t.leave(&g("a"), &[Uid(1), Uid(2), Uid(4)]);
+        assert!(
+            t.members(&g("a")).is_none(),
+            "the last member took the group with it"
+        );
+        assert!(t.went_offline(Uid(1)).is_empty());
+    }
+
+    #[test]
+    fn where_an_offline_member_stands_and_unstored_messages() {
+        let mut t = Groups::default();
+        t.join(&g("a"), &[Uid(1), Uid(2)], |u| u == Uid(1));
+        assert!(t.went_offline(Uid(1)).is_empty(), "nothing was sent yet");
+        t.came_online(Uid(1));
+        t.sent(&g("a"), MessageId(10));
+        assert!(t.has_unstored(Uid(2)));
+        assert_eq!(t.seen_if_online(&g("a"), Uid(1)), Some(MessageId(10)));
+        assert_eq!(t.seen_if_online(&g("a"), Uid(2)), None);
+        t.stored(&g("a"));
+        assert!(!t.has_unstored(Uid(2)));
+        assert_eq!(t.went_offline(Uid(1)), [(g("a"), MessageId(10))]);
+        assert!(t.went_offline(Uid(1)).is_empty(), "once");
+        // A group emptied while a message is on its way stays until it is written.
+        t.sent(&g("a"), MessageId(11));
+        t.leave(&g("a"), &[Uid(1), Uid(2)]);
+        assert_eq!(t.member_count(&g("a")), 0);
+        t.stored(&g("a"));
+        assert!(t.members(&g("a")).is_none());
+    }
+}
