@@ -15,6 +15,7 @@
 //! cargo bench --bench load -- push --rate 20000          # paced: latency at a fixed rate (also `latency`)
 //! cargo bench --bench load -- chat --users 1000 --senders 200   # WebSocket to WebSocket, window 8
 //! cargo bench --bench load -- broadcast --users 19000    # 10 rounds, time to first and last recipient
+//! cargo bench --bench load -- group --users 10000        # the same through a group of 10,000
 //! cargo bench --bench load -- seed10k --users 10000      # one push per user: first send to last delivery
 //! cargo bench --bench load -- store                       # push with every message kept: rows/s
 //! cargo bench --bench load -- flood                       # 2,580 x 60 KB to one client not reading: RSS
@@ -57,6 +58,9 @@ enum Scenario {
     Broadcast,
     #[value(name = "seed10k")]
     Seed10k,
+    /// Every user joins one group, then `--rounds` pushes to it (as `broadcast`, default
+    /// 10,000 users): time to the first and last member.
+    Group,
     /// `push` with every message kept: rows per second into MariaDB (`WSPUSH_BENCH_MYSQL`)
     /// or the embedded store.
     Store,
@@ -138,6 +142,7 @@ fn main() {
     }
     let users = args.users.unwrap_or(match args.scenario {
         Scenario::Connect | Scenario::Broadcast => 19_000,
+        Scenario::Group => 10_000,
         Scenario::Seed10k => 10_000,
         _ => 1_000,
     });
@@ -177,7 +182,8 @@ fn main() {
             args.messages.unwrap_or(100_000),
             args.window.unwrap_or(8) as u32,
         ),
-        Scenario::Broadcast => scenarios::broadcast(&mut bench, args.rounds),
+        Scenario::Broadcast => scenarios::broadcast(&mut bench, args.rounds, false),
+        Scenario::Group => scenarios::broadcast(&mut bench, args.rounds, true),
         Scenario::Store => scenarios::store(
             &mut bench,
             store.as_ref().expect("a store for the store scenario"),

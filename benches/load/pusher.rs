@@ -76,6 +76,37 @@ impl Pusher {
         t
     }
 
+    /// A push to group `group`, with the broadcast's content.
+    pub fn to_group(&mut self, group: &str, seq: u64, window: usize) -> u64 {
+        self.wait_window(window);
+        let t = now_ns();
+        self.buf.clear();
+        let _ = write!(
+            self.buf,
+            "{{\"sk\":\"{SECRET}\",\"means\":\"to_group\",\"data\":{{\"group\":\"{group}\",\
+             \"type\":\"notice\",\"content\":{{\"seq\":{seq},\"t\":{t}}}}}}}"
+        );
+        self.send();
+        t
+    }
+
+    /// Puts `uids` in `group` (in datagrams of 2,000 uids) and waits for the answers.
+    pub fn join_group(&mut self, group: &str, uids: std::ops::RangeInclusive<u64>) {
+        let uids: Vec<u64> = uids.collect();
+        for chunk in uids.chunks(2000) {
+            self.buf.clear();
+            let list: Vec<String> = chunk.iter().map(u64::to_string).collect();
+            let _ = write!(
+                self.buf,
+                "{{\"sk\":\"{SECRET}\",\"means\":\"join_group\",\"data\":{{\"group\":\"{group}\",\
+                 \"uids\":[{}]}}}}",
+                list.join(",")
+            );
+            self.send();
+            self.drain();
+        }
+    }
+
     fn wait_window(&mut self, window: usize) {
         if self.in_flight >= window.max(1) {
             // Block for one reply, then take every other one already there: the window refills

@@ -374,17 +374,32 @@ fn wait_until(p: &mut Pusher, due: u64) -> u64 {
 }
 
 /// `rounds` broadcasts, each to every connection; the next goes once the last has arrived.
-pub fn broadcast(b: &mut Bench, rounds: u64) -> Figures {
+/// With `group`: every user joins one group first, and each round is a push to that group.
+pub fn broadcast(b: &mut Bench, rounds: u64, group: bool) -> Figures {
     let online = b.online.clone();
     let conns: u64 = online.iter().sum();
     let mut p = Pusher::new(b.server.udp);
-    eprintln!("load: broadcast: {rounds} rounds to {conns} connections");
+    let scenario = if group { "group" } else { "broadcast" };
+    if group {
+        let t = Instant::now();
+        p.join_group("everyone", 1..=b.users);
+        eprintln!(
+            "load: group: {} uids joined in {:.0} ms",
+            b.users,
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+    eprintln!("load: {scenario}: {rounds} rounds to {conns} connections");
     let cpu0 = b.cpu();
     let load_cpu = GenCpu::start();
     let (mut firsts, mut lasts) = (Vec::new(), Vec::new());
     let mut reached = Vec::new();
     for round in 0..rounds {
-        p.broadcast(round, 1);
+        if group {
+            p.to_group("everyone", round, 1);
+        } else {
+            p.broadcast(round, 1);
+        }
         p.drain();
         let expected: Vec<u64> = online.iter().map(|n| n * (round + 1)).collect();
         reached = b.expect(&expected);
@@ -422,7 +437,7 @@ pub fn broadcast(b: &mut Bench, rounds: u64) -> Figures {
         ("last_max_us", format!("{:.0}", us(max(&lasts)))),
     ];
     Figures {
-        scenario: "broadcast",
+        scenario,
         users: b.users,
         expected: conns * rounds,
         // Fan-out rate: deliveries over the time the rounds took to reach everyone.
