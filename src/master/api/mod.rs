@@ -3,6 +3,7 @@
 //! deadline, queue, flush and the one path by which a connection goes; what a request means is
 //! the master's (`routes`), and it answers through `answer`.
 
+mod assets;
 mod demo;
 pub mod routes;
 
