@@ -7,6 +7,7 @@
 //! applied by the router (`apply`); the router's tasks go to the pool and its replies to the
 //! doors; then everything queued is written.
 
+mod admin;
 pub mod api;
 mod apply;
 mod child;
@@ -132,6 +133,8 @@ pub struct Master {
     metrics: metrics::Metrics,
     readiness: metrics::Readiness,
     reloads: reload_report::ReloadReport,
+    /// The dashboard's last ten minutes, a sample a second.
+    history: admin::History,
 }
 
 /// Who may connect on the WebSocket port: the per-address rate, judged by the real client
@@ -252,6 +255,7 @@ impl Master {
             work: apply::Work::default(),
             metrics: metrics::Metrics::new(config.metrics_allow(), config.cluster_enabled(), now),
             readiness: metrics::Readiness::new(config.task_workers().max(1), now),
+            history: admin::History::new(now),
             poll,
             config,
         })
@@ -396,6 +400,7 @@ impl Master {
         }
         self.pool.tick(now);
         self.ping_workers(now);
+        self.sample_history(now);
         for event in self.pool.take_reload_events() {
             self.reloads.report(&event);
         }
