@@ -7,6 +7,7 @@
 //! applied by the router (`apply`); the router's tasks go to the pool and its replies to the
 //! doors; then everything queued is written.
 
+mod admin;
 pub mod api;
 mod apply;
 mod child;
@@ -137,6 +138,8 @@ pub struct Master {
     metrics: metrics::Metrics,
     readiness: metrics::Readiness,
     reloads: reload_report::ReloadReport,
+    /// The dashboard's last ten minutes, a sample a second.
+    history: admin::History,
 }
 
 /// Who may connect on the WebSocket port: the per-address rate, judged by the real client
@@ -259,6 +262,7 @@ impl Master {
             work: apply::Work::default(),
             metrics: metrics::Metrics::new(config.metrics_allow(), config.cluster_enabled(), now),
             readiness: metrics::Readiness::new(config.task_workers().max(1), now),
+            history: admin::History::new(now),
             poll,
             config,
         })
@@ -408,6 +412,7 @@ impl Master {
             self.router
                 .purge_groups(self.config.storage.group_retention);
         }
+        self.sample_history(now);
         for event in self.pool.take_reload_events() {
             self.reloads.report(&event);
         }

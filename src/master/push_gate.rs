@@ -46,6 +46,14 @@ impl PushGate {
             .map(|(_, s)| s.as_str())
     }
 
+    /// Whether `key` is the secret of any address that may push (the dashboard's key from an
+    /// address that may only scrape). Every entry is compared, whatever matches first.
+    pub fn is_any_secret(&self, key: &str) -> bool {
+        self.peers
+            .iter()
+            .fold(false, |found, (_, s)| same_secret(s, key) | found)
+    }
+
     /// Within the address's request rate? A refusal is counted.
     pub fn admit(&mut self, ip: IpAddr, now: Instant) -> bool {
         let ok = self.per_address.allow(ip, now);

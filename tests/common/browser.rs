@@ -246,6 +246,31 @@ impl Browser {
     /// cannot evaluate yet counts as false); on timeout, panics with `what`, what every page
     /// in `pages` shows, and Chromium's stderr.
     pub fn wait_until(&mut self, page: &str, what: &str, expression: &str, pages: &[(&str, &str)]) {
+        self.wait_or_tell(page, what, expression, |b| {
+            let mut state = String::new();
+            for (name, p) in pages {
+                state.push_str(&format!("--- page {name} ---\n{}\n", b.describe(p)));
+            }
+            state
+        });
+    }
+
+    /// As `wait_until`, for pages other than the demo's: on timeout, tells what the JavaScript
+    /// `state` evaluates to on `page`.
+    pub fn wait_until_js(&mut self, page: &str, what: &str, expression: &str, state: &str) {
+        self.wait_or_tell(page, what, expression, |b| match b.try_eval(page, state) {
+            Ok(v) => format!("--- state ---\n{v}\n"),
+            Err(err) => format!("<cannot evaluate in the page: {err}>\n"),
+        });
+    }
+
+    fn wait_or_tell(
+        &mut self,
+        page: &str,
+        what: &str,
+        expression: &str,
+        tell: impl FnOnce(&mut Browser) -> String,
+    ) {
         let deadline = Instant::now() + WAIT;
         let mut pause = Duration::from_millis(5);
         loop {
@@ -253,10 +278,7 @@ impl Browser {
                 return;
             }
             if Instant::now() >= deadline {
-                let mut state = String::new();
-                for (name, p) in pages {
-                    state.push_str(&format!("--- page {name} ---\n{}\n", self.describe(p)));
-                }
+                let state = tell(self);
                 let stderr = self.stderr.lock().unwrap().join("\n");
                 panic!(
                     "timed out after {WAIT:?} waiting for {what}\n{state}--- Chromium stderr ---\n{stderr}"

@@ -222,6 +222,26 @@ impl Server {
         self
     }
 
+    /// Stops the server gracefully (SIGTERM: clients get 1001) and waits until it has exited.
+    pub fn stop(&mut self) {
+        self.signal(Signal::SIGTERM);
+        self.wait_exit();
+    }
+
+    /// Starts a stopped server again: the same configuration, ports and data. Waits until it
+    /// serves.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
+        let stderr = std::fs::File::create(self.dir.join("stderr.log")).expect("stderr.log");
+        let child = wspush_command(&["start", "--foreground"], &self.config)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn wspush");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
     /// Panics, with the log, if the server process has already exited: for start-up waits.
     pub fn assert_not_exited(&mut self) {
         if let Some(c) = self.child.as_mut() {

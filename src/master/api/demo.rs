@@ -1,9 +1,11 @@
-//! The demo page on the WebSocket port (`GET /`) and its two helpers: `/demo/online` and
+//! The plain HTTP answers of the WebSocket port: the browser library (`assets`), the demo page
+//! (`GET /`) and its two helpers: `/demo/online` and
 //! `/demo/login`. The demo login makes a token for any uid; that token lives only in the
 //! router's demo table (`router::demo`), never in a token store, so it cannot replace a real
 //! user's token. Both helpers answer only a browser that reaches this port itself, without a
 //! proxy or TLS, while the demo is on (`refusal`); the page says exactly these rules.
 
+use super::assets;
 use crate::config::Config;
 use crate::master::http::{self, json_response, Request};
 use crate::master::Master;
@@ -66,6 +68,11 @@ impl Master {
         let Some((peer, via_proxy)) = self.ws.client(conn) else {
             return; // gone: nobody to answer
         };
+        if let ("GET", Some(library)) = (req.method.as_str(), assets::library(&req.path)) {
+            return self
+                .ws
+                .respond(conn, &assets::library_response(library), now);
+        }
         let answer = match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/") => http::response(200, "text/html; charset=utf-8", PAGE.as_bytes(), false),
             ("GET", path @ ("/demo/login" | "/demo/online")) => {

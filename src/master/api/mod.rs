@@ -3,6 +3,7 @@
 //! deadline, queue, flush and the one path by which a connection goes; what a request means is
 //! the master's (`routes`), and it answers through `answer`.
 
+mod assets;
 mod demo;
 pub mod routes;
 
@@ -295,11 +296,24 @@ impl ApiDoor {
         body: &[u8],
         now: Instant,
     ) {
+        self.answer_with(conn, status, content_type, &[], body, now);
+    }
+
+    /// As `answer_as`, with more header lines (the dashboard's).
+    pub fn answer_with(
+        &mut self,
+        conn: ApiConnId,
+        status: u16,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        now: Instant,
+    ) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         c.waiting = false;
-        let response = http::response(status, content_type, body, c.keep_alive);
+        let response = http::response_with(status, content_type, headers, body, c.keep_alive);
         c.out.push(Outgoing::Frame(Bytes::from(response)));
         self.on_event(conn, now);
     }

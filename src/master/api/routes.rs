@@ -1,6 +1,7 @@
 //! What each HTTP API request means: `/chat/send`, `/api/push`, `/api/login`, `/api/online`,
 //! `/api/stats` (all authenticated by address and secret), `/healthz`, and `/readyz` and
-//! `/metrics` (the master's `metrics`).
+//! `/metrics` (the master's `metrics`); the dashboard's (`/admin`, `/api/admin/`) are the
+//! master's `admin`.
 
 use super::{ApiConnId, ApiRequest};
 use crate::master::http::{self, Request};
@@ -21,6 +22,9 @@ impl Master {
     pub(crate) fn serve_api(&mut self, r: ApiRequest, now: Instant) {
         if r.request.path == "/metrics" {
             return self.serve_metrics(r, now);
+        }
+        if crate::master::admin::owns(&r.request.path) {
+            return self.serve_admin(r, now);
         }
         let push = matches!(r.request.path.as_str(), "/api/push" | "/chat/send");
         if let Some((status, body)) = self.route_api(r.conn, &r.request, r.peer.ip(), now) {

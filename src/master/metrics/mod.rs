@@ -7,8 +7,10 @@
 
 mod exposition;
 mod readiness;
+mod window;
 
 pub use readiness::Readiness;
+pub use window::LatencyWindow;
 
 use crate::ipc::{task_head, ClusterMessage, Reply, TaskHead};
 use crate::master::pool::Completion;
@@ -17,7 +19,7 @@ use crate::net::ranges::IpRanges;
 use crate::protocol::push::Means;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The push doors, as the `door` label names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +49,7 @@ const MEANS: [&str; 13] = [
 
 /// The reply codes counted one by one (HTTP statuses; a UDP reply's `code` 0 is 200); any
 /// other counts as `other`.
-const CODES: [u16; 8] = [200, 400, 401, 405, 413, 429, 500, 503];
+pub const CODES: [u16; 8] = [200, 400, 401, 405, 413, 429, 500, 503];
 
 /// `store_errors_total{op}`: a write the store failed, kept messages it could not read, a
 /// token it could not check.
@@ -89,6 +91,21 @@ pub struct Metrics {
     turn_started: Instant,
     delivery: Histogram,
     tasks: Histogram,
+    /// The delivery latencies since the dashboard's last sample.
+    window: LatencyWindow,
+    /// The last heartbeat Redis answered: when, and its round trip.
+    heartbeat: Option<(Instant, Duration)>,
+}
+
+/// Running totals the dashboard's history takes a reading of once a second.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    pub chats_in: u64,
+    pub pushes: u64,
+    /// Push replies by code, in the order of `CODES`, then any other code.
+    pub replies: [u64; CODES.len() + 1],
+    pub store_rows_written: u64,
+    pub redis_errors: u64,
 }
 
 impl Metrics {
@@ -114,7 +131,35 @@ impl Metrics {
             delivery: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             // 100 µs to about 6.5 s: a token check or a batch of rows, to a store timing out.
             tasks: Histogram::new(exponential_buckets(0.000_1, 2.0, 17)),
+            window: LatencyWindow::default(),
+            heartbeat: None,
         }
+    }
+
+    pub fn totals(&self) -> Totals {
+        let mut replies = [0; CODES.len() + 1];
+        for door in &self.replies {
+            for (sum, n) in replies.iter_mut().zip(door) {
+                *sum += n;
+            }
+        }
+        Totals {
+            chats_in: self.chats_in,
+            pushes: self.pushes.iter().flatten().sum(),
+            replies,
+            store_rows_written: self.store_rows_written,
+            redis_errors: self.redis_errors.iter().sum(),
+        }
+    }
+
+    /// The delivery latencies since the last call.
+    pub fn take_window(&mut self) -> LatencyWindow {
+        std::mem::take(&mut self.window)
+    }
+
+    /// When Redis last answered a heartbeat, and how long that took.
+    pub fn last_heartbeat(&self) -> Option<(Instant, Duration)> {
+        self.heartbeat
     }
 
     /// Whether `ip` may scrape without presenting a secret.
@@ -135,7 +180,9 @@ impl Metrics {
         if routed == 0 {
             return;
         }
-        let took = self.turn_started.elapsed().as_secs_f64();
+        let took = self.turn_started.elapsed();
+        self.window.record(took, routed);
+        let took = took.as_secs_f64();
         for _ in 0..routed {
             self.delivery.observe(took);
         }
@@ -231,6 +278,7 @@ impl Metrics {
             },
             Origin::Presence { .. } if failed => self.redis_errors[REDIS_PRESENCE] += 1,
             Origin::Heartbeat if failed => self.redis_errors[REDIS_HEARTBEAT] += 1,
+            Origin::Heartbeat => self.heartbeat = c.took.map(|took| (Instant::now(), took)),
             Origin::Purge if failed => self.redis_errors[REDIS_PURGE] += 1,
             _ => {}
         }
