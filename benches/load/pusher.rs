@@ -77,7 +77,7 @@ impl Pusher {
     }
 
     /// A push to group `group`, with the broadcast's content.
-    pub fn to_group(&mut self, group: &str, seq: u64, window: usize) -> u64 {
+    pub fn push_to_group(&mut self, group: &str, seq: u64, window: usize) -> u64 {
         self.wait_window(window);
         let t = now_ns();
         self.buf.clear();

@@ -396,7 +396,7 @@ pub fn broadcast(b: &mut Bench, rounds: u64, group: bool) -> Figures {
     let mut reached = Vec::new();
     for round in 0..rounds {
         if group {
-            p.to_group("everyone", round, 1);
+            p.push_to_group("everyone", round, 1);
         } else {
             p.broadcast(round, 1);
         }
