@@ -243,3 +243,57 @@ fn membership_and_kept_group_messages_survive_a_restart() {
     assert_eq!(r["delivered"], 1, "{r}");
     assert_eq!(five.recv()["content"], "live");
 }
+
+fn http_push(server: &Server, means: &str, data: Value) -> (u16, Value) {
+    let body = json!({"sk": SECRET, "means": means, "data": data}).to_string();
+    let (status, reply) = server.http(
+        "POST",
+        "/api/push",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    (status, body_json(&reply))
+}
+
+#[test]
+fn a_group_of_100000_members_joined_10000_per_request() {
+    let server = Server::start("groups-100k");
+    const BASE: u64 = 10_000_000_000;
+    let mut member = server.login(BASE + 99_999, "app");
+    for batch in 0..10u64 {
+        let uids: Vec<String> = (0..10_000)
+            .map(|i| (BASE + batch * 10_000 + i).to_string())
+            .collect();
+        let (status, r) = http_push(&server, "join_group", json!({"group": "big", "uids": uids}));
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["members"], (batch + 1) * 10_000, "{r}");
+    }
+    let (status, r) = http_push(
+        &server,
+        "join_group",
+        json!({"group": "big", "uids": ["7"]}),
+    );
+    assert_eq!(
+        (status, r["code"].clone()),
+        (413, json!(413)),
+        "the 100,001st: {r}"
+    );
+    let (_, r) = http_push(
+        &server,
+        "to_group",
+        json!({"group": "big", "content": "all of you"}),
+    );
+    assert_eq!(r["delivered"], 1, "the one member online: {r}");
+    assert_eq!(member.recv()["content"], "all of you");
+    let (status, r) = http_push(&server, "group_members", json!({"group": "big"}));
+    assert_eq!(status, 200);
+    assert_eq!(r["uids"].as_array().map(Vec::len), Some(100_000));
+    assert_eq!(r["online"], json!([(BASE + 99_999).to_string()]));
+    // Too long for a datagram: the UDP reply says where to ask.
+    let r = server.push("group_members", json!({"group": "big"}));
+    assert_eq!(r["code"], 413, "{r}");
+    // A message (not a membership change) stays within max_message_size over HTTP too.
+    let big = "x".repeat(70_000);
+    let (status, _) = http_push(&server, "to_group", json!({"group": "big", "content": big}));
+    assert_eq!(status, 413);
+}

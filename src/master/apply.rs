@@ -203,7 +203,7 @@ impl Master {
                     self.metrics.push_replied(Door::Udp, status);
                     self.metrics.datagram(0, body.len());
                     if let Some(udp) = self.udp.as_ref() {
-                        udp.send_to(addr, body.as_bytes());
+                        udp.send_to(addr, &body);
                     }
                 }
                 ReplyTo::Api(conn) => {

@@ -47,7 +47,18 @@ pub enum Parsed {
     Invalid(u16, &'static str),
 }
 
-pub fn parse_request(buf: &[u8], max_body: usize) -> Parsed {
+/// How long a request's body may be, by its path.
+pub trait BodyLimit {
+    fn for_path(&self, path: &str) -> usize;
+}
+
+impl BodyLimit for usize {
+    fn for_path(&self, _: &str) -> usize {
+        *self
+    }
+}
+
+pub fn parse_request(buf: &[u8], max_body: impl BodyLimit) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -88,7 +99,7 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Parsed {
         Ok(n) => n,
         Err(why) => return Parsed::Invalid(400, why),
     };
-    if body_len > max_body {
+    if body_len > max_body.for_path(path) {
         return Parsed::Invalid(413, "request body too large");
     }
     if buf.len() < head_len + body_len {

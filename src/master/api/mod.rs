@@ -38,6 +38,25 @@ pub struct ApiRequest {
     pub request: Request,
 }
 
+/// The longest body `POST /api/push` takes for a group membership change (`join_group`,
+/// `leave_group` of 10,000 uids and more); every other request stays within
+/// `server.max_message_size`.
+pub const MAX_MEMBERSHIP_BODY: usize = 2 * 1024 * 1024;
+
+/// `server.max_message_size` for every body, but `POST /api/push`'s (a membership change may
+/// be longer; the route refuses a longer message itself).
+struct BodyLimits(usize);
+
+impl http::BodyLimit for BodyLimits {
+    fn for_path(&self, path: &str) -> usize {
+        if path == "/api/push" {
+            self.0.max(MAX_MEMBERSHIP_BODY)
+        } else {
+            self.0
+        }
+    }
+}
+
 /// Bounds on each request.
 pub struct ApiLimits {
     pub max_body: usize,
@@ -199,7 +218,7 @@ impl ApiDoor {
             self.scratch = vec![0; READ_CHUNK];
         }
         loop {
-            let max = http::MAX_HEAD + self.max_body;
+            let max = http::MAX_HEAD + self.max_body.max(MAX_MEMBERSHIP_BODY);
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
@@ -252,7 +271,7 @@ impl ApiDoor {
         if c.waiting || !c.keep_alive {
             return;
         }
-        match http::parse_request(&c.buf, self.max_body) {
+        match http::parse_request(&c.buf, BodyLimits(self.max_body)) {
             Parsed::Partial => {}
             Parsed::Invalid(status, why) => {
                 c.keep_alive = false;

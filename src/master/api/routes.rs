@@ -52,6 +52,10 @@ impl Master {
             let body = http::error_body(429, "too many requests from this address");
             return Some((429, body));
         }
+        // Only a membership change may be longer than a message (see `MAX_MEMBERSHIP_BODY`).
+        if req.path != "/api/push" && req.body.len() > self.config.server.max_message_size {
+            return Some((413, http::error_body(413, "too large")));
+        }
         let deny = |why: &str| Some((401, http::error_body(401, why)));
         let in_flight = self.pool.backlog_bytes();
         match (req.method.as_str(), req.path.as_str()) {
@@ -74,15 +78,19 @@ impl Master {
                 outcome(self.router.push(&mut self.ws, push, to, in_flight, now))
             }
             ("POST", "/api/push") => {
-                if req.body.len() > self.config.server.max_message_size {
-                    return Some((413, http::error_body(413, "too large")));
-                }
                 let presented = match self.gate.presented(req, ip) {
                     Ok(p) => p,
                     Err(why) => return deny(why),
                 };
                 let secret = self.gate.secret(ip).map(str::to_owned);
-                match parse_push(&req.body, secret.as_deref(), presented.as_deref()) {
+                let push = parse_push(&req.body, secret.as_deref(), presented.as_deref());
+                // Past max_message_size only a membership change is taken.
+                if req.body.len() > self.config.server.max_message_size
+                    && !matches!(&push, Ok(p) if p.means.is_membership())
+                {
+                    return Some((413, http::error_body(413, "too large")));
+                }
+                match push {
                     Ok(push) => {
                         self.metrics.push_received(Door::Http, &push.means);
                         let to = ReplyTo::Api(conn);

@@ -63,7 +63,7 @@ impl UdpDoor {
                     truncated: d.truncated,
                 });
                 if let Some(reply) = reply {
-                    self.batch.queue_reply(d.from, reply.as_bytes());
+                    self.batch.queue_reply(d.from, fit(&reply).as_bytes());
                 }
             }
             self.batch.send_replies(fd);
@@ -79,9 +79,24 @@ impl UdpDoor {
     }
 
     /// A reply that was not ready when its datagram was served.
-    pub fn send_to(&self, to: SocketAddr, body: &[u8]) {
-        if let Err(e) = self.socket.send_to(body, to) {
+    pub fn send_to(&self, to: SocketAddr, body: &str) {
+        if let Err(e) = self.socket.send_to(fit(body).as_bytes(), to) {
             debug!("UDP reply to {to} failed: {e}");
         }
     }
+}
+
+/// The longest reply one datagram carries (an IPv4 UDP payload is at most 65,507 bytes).
+const MAX_REPLY: usize = 65_000;
+
+/// A reply that fits in a datagram: a longer one (the members of a large group) is replaced
+/// by a 413 that says where the whole answer can be had.
+fn fit(reply: &str) -> std::borrow::Cow<'_, str> {
+    if reply.len() <= MAX_REPLY {
+        return std::borrow::Cow::Borrowed(reply);
+    }
+    std::borrow::Cow::Owned(crate::master::http::error_body(
+        413,
+        "the reply does not fit in a datagram: ask with POST /api/push",
+    ))
 }
