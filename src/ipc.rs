@@ -114,6 +114,15 @@ pub enum Task<'a> {
     },
     /// Cluster: which of these uids have a connection on a live node; answered with `Online`.
     GroupOnline(Vec<Uid>),
+    /// Cluster: this node has a member of each group online (true), or none any more.
+    GroupNodes(#[serde(borrow)] Vec<(&'a str, bool)>),
+    /// Cluster: publish a group message to the other nodes with a member online; answered
+    /// with `Routed`.
+    GroupRoute {
+        group: &'a str,
+        #[serde(borrow)]
+        message: ClusterMessage<'a>,
+    },
 }
 
 /// What one node tells another through Redis. On the Redis wire it is JSON (`to_json`), with

@@ -94,6 +94,45 @@ fn group_sends_and_chats_reach_every_member_on_every_node_once() {
     }
 }
 
+/// The nodes Redis names as having a member of `group` online, sorted.
+fn group_nodes(c: &common::cluster::Cluster, group: &str) -> Vec<String> {
+    let reply = c
+        .redis
+        .cmd(&["SMEMBERS", &format!("wspush:group_nodes:{group}")]);
+    let mut nodes: Vec<String> = reply
+        .as_array()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r.as_string())
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+#[test]
+fn a_group_message_goes_only_to_nodes_with_a_member_online() {
+    let c = start_cluster("groups-c3-nodes", 3);
+    let name = |i: usize| format!("127.0.0.1:{}", c.nodes[i].ws_port);
+    let mut alice = c.login(0, 1, "app");
+    let bob = c.login(1, 2, "app");
+    let mut bystander = c.login(2, 3, "app");
+    c.nodes[2].push("join_group", json!({"group": "few", "uids": ["1", "2"]}));
+    let mut expected = vec![name(0), name(1)];
+    expected.sort();
+    wait_for("nodes 1 and 2 in the group's node set", || {
+        (group_nodes(&c, "few") == expected).then_some(())
+    });
+    // Bob leaves: node 2 has no member online any more.
+    bob.close();
+    wait_for("node 2 out of the group's node set", || {
+        (group_nodes(&c, "few") == [name(0)]).then_some(())
+    });
+    let r = c.nodes[2].push("to_group", json!({"group": "few", "content": "only here"}));
+    assert_eq!(r["delivered"], 0, "no member on the node that took it: {r}");
+    assert_eq!(alice.recv()["content"], "only here");
+    bystander.expect_nothing_queued();
+}
+
 #[test]
 fn an_offline_member_gets_its_messages_on_another_node_after_its_node_was_killed() {
     let mut c = start_cluster("groups-c3-kill", 3);

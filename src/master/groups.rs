@@ -26,6 +26,9 @@ pub struct Groups {
     of_uid: HashMap<Uid, Vec<GroupName>>,
     /// The table was read from the store.
     loaded: bool,
+    /// Groups whose members online here went from none to some (true) or back (false), for
+    /// the cluster's record of which nodes to send a group's messages to.
+    transitions: Vec<(GroupName, bool)>,
 }
 
 impl Groups {
@@ -76,6 +79,7 @@ impl Groups {
 
     pub fn join(&mut self, group: &GroupName, uids: &[Uid], online: impl Fn(Uid) -> bool) {
         let g = self.table.entry(group.clone()).or_default();
+        let before = g.online.is_empty();
         for &uid in uids {
             if g.members.insert(uid) {
                 self.of_uid.entry(uid).or_default().push(group.clone());
@@ -84,6 +88,24 @@ impl Groups {
                 }
             }
         }
+        if before && !g.online.is_empty() {
+            self.transitions.push((group.clone(), true));
+        }
+    }
+
+    /// The groups whose members online here went from none to some (true) or back (false)
+    /// since the last call.
+    pub fn take_transitions(&mut self) -> Vec<(GroupName, bool)> {
+        std::mem::take(&mut self.transitions)
+    }
+
+    /// Every group with a member online here (to rewrite the cluster's record of it).
+    pub fn with_members_online(&self) -> Vec<GroupName> {
+        self.table
+            .iter()
+            .filter(|(_, g)| !g.online.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// Removes members; a group without members is forgotten.
@@ -91,6 +113,7 @@ impl Groups {
         let Some(g) = self.table.get_mut(group) else {
             return;
         };
+        let before = g.online.is_empty();
         for uid in uids {
             if g.members.remove(uid) {
                 g.online.remove(uid);
@@ -101,6 +124,9 @@ impl Groups {
                     }
                 }
             }
+        }
+        if !before && g.online.is_empty() {
+            self.transitions.push((group.clone(), false));
         }
         if g.members.is_empty() && g.unstored == 0 {
             self.table.remove(group);
@@ -120,7 +146,9 @@ impl Groups {
     pub fn came_online(&mut self, uid: Uid) {
         for name in self.of_uid.get(&uid).into_iter().flatten() {
             if let Some(g) = self.table.get_mut(name) {
-                g.online.insert(uid);
+                if g.online.insert(uid) && g.online.len() == 1 {
+                    self.transitions.push((name.clone(), true));
+                }
             }
         }
     }
@@ -131,7 +159,13 @@ impl Groups {
         let mut seen = Vec::new();
         for name in self.of_uid.get(&uid).into_iter().flatten() {
             if let Some(g) = self.table.get_mut(name) {
-                if g.online.remove(&uid) && g.last != MessageId::default() {
+                if !g.online.remove(&uid) {
+                    continue;
+                }
+                if g.online.is_empty() {
+                    self.transitions.push((name.clone(), false));
+                }
+                if g.last != MessageId::default() {
                     seen.push((name.clone(), g.last));
                 }
             }
@@ -208,7 +242,9 @@ mod tests {
         assert_eq!(t.newcomers(&g("a"), &[Uid(1), Uid(9)]), 1);
         t.came_online(Uid(1));
         assert_eq!(t.online_members(&g("a")).count(), 3);
+        assert_eq!(t.take_transitions(), [(g("a"), true)], "once, at the first");
         t.leave(&g("a"), &[Uid(1), Uid(2), Uid(4)]);
+        assert_eq!(t.take_transitions(), [(g("a"), false)]);
         assert!(
             t.members(&g("a")).is_none(),
             "the last member took the group with it"

@@ -299,6 +299,7 @@ impl Master {
                 self.sweep(now);
             }
             self.router.submit_store_batches();
+            self.router.submit_group_nodes();
             self.cluster_turn(now);
             self.settle(now);
             self.pool.flush();

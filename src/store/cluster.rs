@@ -11,13 +11,10 @@ use redis::Script;
 
 pub const CLIENT_INFO: &str = "ws_clientInfo";
 const NODES: &str = "wspush:nodes";
-const ALIVE_PREFIX: &str = "wspush:alive:";
+pub(super) const ALIVE_PREFIX: &str = "wspush:alive:";
 const NODE_ID_PREFIX: &str = "wspush:node_id:";
 pub const CHANNEL_PREFIX: &str = "wspush:node:";
 pub const BROADCAST_CHANNEL: &str = "wspush:broadcast";
-/// A set of every group's name, and one set of member uids per group.
-const GROUPS: &str = "wspush:groups";
-const GROUP_PREFIX: &str = "wspush:group:";
 
 /// KEYS: clientInfo, fdInfo. ARGV: uid, source, entry, fd, fd entry, ip, port, channel prefix.
 /// Registers the connection; if the same uid and source was on another node, tells that node.
@@ -100,26 +97,6 @@ end
 return out
 ";
 
-/// KEYS: clientInfo. ARGV: alive prefix, then uids. The uids with an entry on a live node.
-const ONLINE_OF: &str = r"
-local out = {}
-for i = 2, #ARGV do
-  local cur = redis.call('HGET', KEYS[1], ARGV[i])
-  if cur then
-    local ok, obj = pcall(cjson.decode, cur)
-    if ok and type(obj) == 'table' then
-      for _, e in pairs(obj) do
-        if type(e) == 'table' and redis.call('EXISTS', ARGV[1] .. tostring(e['ip']) .. ':' .. tostring(e['port'])) == 1 then
-          table.insert(out, ARGV[i])
-          break
-        end
-      end
-    end
-  end
-end
-return out
-";
-
 /// KEYS: clientInfo, fdInfo of the node. ARGV: ip, port. Removes every trace of one node.
 const PURGE: &str = r"
 redis.call('DEL', KEYS[2])
@@ -181,8 +158,8 @@ fn fd_info_key(ip: &str, port: &str) -> String {
 }
 
 pub struct ClusterStore {
-    redis: RedisStore,
-    node: NodeName,
+    pub(super) redis: RedisStore,
+    pub(super) node: NodeName,
     ttl: u64,
     node_id: u16,
 }
@@ -265,86 +242,6 @@ impl ClusterStore {
         self.redis.with(|c| call.invoke::<u32>(c))
     }
 
-    /// Adds members to a group; every node's table hears of it. Answers the members after.
-    pub fn group_join(&mut self, group: &str, uids: &[Uid]) -> Result<u64, StoreError> {
-        let key = format!("{GROUP_PREFIX}{group}");
-        let members: Vec<String> = uids.iter().map(Uid::to_string).collect();
-        let mut pipe = redis::pipe();
-        if !members.is_empty() {
-            pipe.cmd("SADD").arg(&key).arg(&members).ignore();
-            pipe.cmd("SADD").arg(GROUPS).arg(group).ignore();
-        }
-        pipe.cmd("SCARD").arg(&key);
-        let (n,): (u64,) = self.redis.with(|c| pipe.query(c))?;
-        self.group_changed(true, group, uids)?;
-        Ok(n)
-    }
-
-    /// Removes members from a group (the group goes with its last member).
-    pub fn group_leave(&mut self, group: &str, uids: &[Uid]) -> Result<u64, StoreError> {
-        let key = format!("{GROUP_PREFIX}{group}");
-        let members: Vec<String> = uids.iter().map(Uid::to_string).collect();
-        let mut pipe = redis::pipe();
-        if !members.is_empty() {
-            pipe.cmd("SREM").arg(&key).arg(&members).ignore();
-        }
-        pipe.cmd("SCARD").arg(&key);
-        let (n,): (u64,) = self.redis.with(|c| pipe.query(c))?;
-        if n == 0 {
-            self.redis
-                .with(|c| redis::cmd("SREM").arg(GROUPS).arg(group).query::<()>(c))?;
-        }
-        self.group_changed(false, group, uids)?;
-        Ok(n)
-    }
-
-    /// Tells every node (this one too) that a group's membership changed.
-    fn group_changed(&mut self, join: bool, group: &str, uids: &[Uid]) -> Result<(), StoreError> {
-        let payload = crate::ipc::ClusterMessage::Members {
-            group,
-            join,
-            uids: uids.to_vec(),
-        }
-        .to_json();
-        self.broadcast(&payload)
-    }
-
-    /// Which of `uids` have a connection on a live node.
-    pub fn online_of(&mut self, uids: &[Uid]) -> Result<Vec<Uid>, StoreError> {
-        let script = Script::new(ONLINE_OF);
-        let mut call = script.key(CLIENT_INFO);
-        call.arg(ALIVE_PREFIX);
-        for uid in uids {
-            call.arg(uid.0);
-        }
-        let online: Vec<String> = self.redis.with(|c| call.invoke(c))?;
-        Ok(online
-            .iter()
-            .filter_map(|u| crate::protocol::parse_uid(u))
-            .collect())
-    }
-
-    /// Every group and its members.
-    pub fn group_all(&mut self) -> Result<Vec<(String, Vec<Uid>)>, StoreError> {
-        let groups: Vec<String> = self
-            .redis
-            .with(|c| redis::cmd("SMEMBERS").arg(GROUPS).query(c))?;
-        let mut out = Vec::with_capacity(groups.len());
-        for group in groups {
-            let members: Vec<String> = self.redis.with(|c| {
-                redis::cmd("SMEMBERS")
-                    .arg(format!("{GROUP_PREFIX}{group}"))
-                    .query(c)
-            })?;
-            let uids = members
-                .iter()
-                .filter_map(|m| crate::protocol::parse_uid(m))
-                .collect();
-            out.push((group, uids));
-        }
-        Ok(out)
-    }
-
     pub fn broadcast(&mut self, payload: &[u8]) -> Result<(), StoreError> {
         self.redis.with(|c| {
             redis::cmd("PUBLISH")
@@ -419,6 +316,7 @@ impl ClusterStore {
                     "node {other} stopped sending heartbeats: removing its users from presence"
                 );
                 self.purge(&other)?;
+                self.purge_group_nodes(&other)?;
                 self.redis
                     .with(|c| redis::cmd("SREM").arg(NODES).arg(&other).query::<()>(c))?;
             }
@@ -427,7 +325,8 @@ impl ClusterStore {
     }
 
     pub fn purge_self(&mut self) -> Result<(), StoreError> {
-        self.purge(&self.node.id())
+        self.purge(&self.node.id())?;
+        self.purge_group_nodes(&self.node.id())
     }
 
     fn purge(&mut self, node: &str) -> Result<(), StoreError> {

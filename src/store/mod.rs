@@ -6,6 +6,7 @@
 //! Presence has no store of its own on one node: the master's registry is the presence table.
 
 pub mod cluster;
+mod cluster_groups;
 pub mod groups;
 pub mod login_record;
 pub mod mysql;

@@ -239,6 +239,10 @@ fn cluster_task_reply(cluster: &mut ClusterStore, task: Task<'_>) -> Result<Repl
         Task::Broadcast(message) => cluster.broadcast(&message.to_json()).map(|_| Reply::Ok)?,
         Task::Online(uid) => Reply::Sources(cluster.remote_sources(uid)?),
         Task::GroupOnline(uids) => Reply::Online(cluster.online_of(&uids)?),
+        Task::GroupNodes(changes) => cluster.group_nodes(&changes).map(|_| Reply::Ok)?,
+        Task::GroupRoute { group, message } => Reply::Routed {
+            nodes: cluster.group_route(group, &message.to_json())?,
+        },
         Task::Heartbeat => cluster.heartbeat().map(|_| Reply::Ok)?,
         Task::PurgeSelf => cluster.purge_self().map(|_| Reply::Ok)?,
         Task::Resync(changes) => {

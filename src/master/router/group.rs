@@ -2,7 +2,7 @@
 //! and messages to a group, from a pusher or a member. A group message's frame is written once
 //! and queued to every connection of every member online here; it is kept once in the store,
 //! where offline members find it at their next login. In a cluster it is published once to
-//! the other nodes, and each delivers it to its own online members.
+//! the nodes where a member is online (Redis keeps which), and each delivers it to its own.
 
 use super::push::PushOutcome;
 use super::{Origin, ReplyTo, Router};
@@ -312,7 +312,7 @@ impl Router {
         self.task(group_key(&message.group), &task, origin);
         if let Some(relay) = self.relay.as_ref() {
             let origin = relay.node.clone();
-            let task = Task::Broadcast(ClusterMessage::Group {
+            let published = ClusterMessage::Group {
                 origin: &origin,
                 group: message.group.as_str(),
                 exclude,
@@ -327,10 +327,30 @@ impl Router {
                     }),
                 },
                 frame: frames::payload(&message.frame),
-            });
+            };
+            let task = Task::GroupRoute {
+                group: message.group.as_str(),
+                message: published,
+            };
             self.task(super::PRESENCE_KEY, &task, Origin::Cluster);
         }
         delivered
+    }
+
+    /// Cluster: tells Redis in which groups this node's members online came or went (once
+    /// per loop turn), so that other nodes publish a group's messages only where they are
+    /// read. Without a cluster the transitions are dropped.
+    pub fn submit_group_nodes(&mut self) {
+        let changes = self.groups.take_transitions();
+        if changes.is_empty() || self.relay.is_none() {
+            return;
+        }
+        let changes: Vec<(&str, bool)> = changes.iter().map(|(g, on)| (g.as_str(), *on)).collect();
+        self.task(
+            super::PRESENCE_KEY,
+            &Task::GroupNodes(changes),
+            Origin::Cluster,
+        );
     }
 
     /// The local part of a group send.

@@ -379,6 +379,14 @@ impl Router {
             changes.len()
         );
         self.task(PRESENCE_KEY, &Task::Resync(changes), Origin::Cluster);
+        // The rewrite took this node out of every group's node set: it goes back in where it
+        // has members online.
+        let groups = self.groups.with_members_online();
+        let nodes: Vec<(&str, bool)> = groups.iter().map(|g| (g.as_str(), true)).collect();
+        if !nodes.is_empty() {
+            self.task(PRESENCE_KEY, &Task::GroupNodes(nodes), Origin::Cluster);
+        }
+        self.groups.take_transitions();
         let uids: Vec<Uid> = self.registry.users().map(|(uid, _)| uid).collect();
         for uid in uids {
             self.fetch(uid);
