@@ -373,12 +373,23 @@ impl Router {
                 held.push(uid);
                 continue;
             }
+            let mut took = 0;
+            let mut others = 0;
             for e in self.registry.connections_of(uid) {
-                if Some(e.conn) != skip && ws.send(e.conn, Outgoing::Group(Rc::clone(message)), now)
-                {
-                    delivered += 1;
+                if Some(e.conn) == skip {
+                    continue;
+                }
+                others += 1;
+                if ws.send_now(e.conn, Outgoing::Group(Rc::clone(message)), now) {
+                    took += 1;
                 }
             }
+            // Connections that are all full: it comes when they have caught up, or at the
+            // next login.
+            if others > 0 && took == 0 {
+                held.push(uid);
+            }
+            delivered += took;
         }
         for uid in held {
             self.owe(uid, vec![message.id]);

@@ -304,6 +304,23 @@ impl<S: Transport> Sessions<S> {
         true
     }
 
+    /// As `send`, but written at once (as a broadcast is) unless the connection already has
+    /// frames waiting: the first recipients of a fan-out have it while the last are reached.
+    pub fn send_now(&mut self, conn: ConnId, entry: Outgoing, now: Instant) -> bool {
+        let carried = Carried::of(&entry);
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return false;
+        };
+        if !s.send(entry, &self.cfg, now) {
+            return false;
+        }
+        self.stats.queued(carried, 1);
+        if !write_through(conn, s, &self.cfg, &mut self.stats, &mut self.events) {
+            self.mark(conn);
+        }
+        true
+    }
+
     /// As `send`, but only to a logged-in connection (`to_fd` pushes).
     pub fn send_if_open(&mut self, conn: ConnId, entry: Outgoing, now: Instant) -> bool {
         let open = self.sessions.get(&conn).is_some_and(|s| s.is_open());
@@ -321,18 +338,8 @@ impl<S: Transport> Sessions<S> {
                 continue;
             }
             delivered += 1;
-            // Already due for a flush (it has more queued): that flush sends this too.
-            if s.marked {
-                continue;
-            }
-            // What the socket did not take goes when it is writable again.
-            let queued = s.queued_bytes();
-            let flushed = s.flush(&self.cfg);
-            self.stats.bytes_out += queued.saturating_sub(s.queued_bytes()) as u64;
-            match flushed {
-                Ok(Some(uid)) => self.events.push(WsEvent::Drained { conn: *conn, uid }),
-                Ok(None) if !s.is_done() => {}
-                _ => broken.push(*conn),
+            if !write_through(*conn, s, &self.cfg, &mut self.stats, &mut self.events) {
+                broken.push(*conn);
             }
         }
         self.stats.queued(Carried::Push, delivered as u64);
@@ -539,3 +546,30 @@ impl<S: Transport> Sessions<S> {
 
 #[cfg(test)]
 mod tests;
+
+/// Writes what was just queued on `s` now, unless a flush is already due (it has more queued:
+/// that flush sends this too). False when the connection broke or is done (the end-of-turn
+/// pass closes it).
+fn write_through<S: Transport>(
+    conn: ConnId,
+    s: &mut Session<S>,
+    cfg: &SessionConfig,
+    stats: &mut WsStats,
+    events: &mut Vec<WsEvent>,
+) -> bool {
+    if s.marked {
+        return true;
+    }
+    // What the socket did not take goes when it is writable again.
+    let queued = s.queued_bytes();
+    let flushed = s.flush(cfg);
+    stats.bytes_out += queued.saturating_sub(s.queued_bytes()) as u64;
+    match flushed {
+        Ok(Some(uid)) => {
+            events.push(WsEvent::Drained { conn, uid });
+            true
+        }
+        Ok(None) => !s.is_done(),
+        Err(_) => false,
+    }
+}
