@@ -206,6 +206,10 @@ impl Master {
                         udp.send_to(addr, &body);
                     }
                 }
+                ReplyTo::Page(conn) => {
+                    let answer = crate::master::http::json_response(status, &body, false);
+                    self.ws.respond(conn, &answer, now);
+                }
                 ReplyTo::Api(conn) => {
                     self.metrics.push_replied(Door::Http, status);
                     self.api.answer(conn, status, &body, now);

@@ -1,6 +1,6 @@
 //! The plain HTTP answers of the WebSocket port: the browser library (`assets`), the demo page
-//! (`GET /`) and its two helpers: `/demo/online` and
-//! `/demo/login`. The demo login makes a token for any uid; that token lives only in the
+//! (`GET /`) and its helpers: `/demo/online`, `/demo/login` and `/demo/join` (a uid joins a
+//! group named `demo:...`, so that the page can show a group room). The demo login makes a token for any uid; that token lives only in the
 //! router's demo table (`router::demo`), never in a token store, so it cannot replace a real
 //! user's token. Both helpers answer only a browser that reaches this port itself, without a
 //! proxy or TLS, while the demo is on (`refusal`); the page says exactly these rules.
@@ -8,8 +8,9 @@
 use super::assets;
 use crate::config::Config;
 use crate::master::http::{self, json_response, Request};
+use crate::master::router::{PushOutcome, ReplyTo};
 use crate::master::Master;
-use crate::model::{ConnId, Source, Uid};
+use crate::model::{ConnId, GroupName, Source, Uid};
 use crate::protocol::{encode_access_token_as, parse_uid};
 use serde_json::{json, Value};
 use std::net::IpAddr;
@@ -18,6 +19,8 @@ use std::time::Instant;
 const PAGE: &str = include_str!("demo.html");
 /// Users listed by `/demo/online` at most.
 const ONLINE_LISTED: usize = 200;
+/// The only groups the demo page may join: the demo must not change an application's groups.
+const DEMO_GROUP_PREFIX: &str = "demo:";
 /// Headers a proxy adds: a request that carries one did not come from the browser itself.
 const PROXY_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
 
@@ -75,7 +78,9 @@ impl Master {
         }
         let answer = match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/") => http::response(200, "text/html; charset=utf-8", PAGE.as_bytes(), false),
-            ("GET", path @ ("/demo/login" | "/demo/online")) => {
+            ("GET" | "POST", path @ ("/demo/login" | "/demo/online" | "/demo/join"))
+                if (req.method == "POST") == (path == "/demo/join") =>
+            {
                 // Through a trusted proxy (a PROXY header names the client, who is not the
                 // proxy): refused whatever the client's address.
                 let why = match via_proxy {
@@ -85,6 +90,11 @@ impl Master {
                 match why {
                     Some(why) => json_response(403, &http::error_body(403, why.message()), false),
                     None if path == "/demo/online" => self.demo_online(),
+                    None if path == "/demo/join" => match self.demo_join(conn, &req) {
+                        Some(answer) => answer,
+                        // Answered once the store has the member (`ReplyTo::Page`).
+                        None => return,
+                    },
                     None => self.demo_login(&req, now),
                 }
             }
@@ -113,6 +123,24 @@ impl Master {
             &json!({"code": 0, "online": online}).to_string(),
             false,
         )
+    }
+
+    /// `uid` joins the group `demo:...` asked for; None: the answer comes later.
+    fn demo_join(&mut self, conn: ConnId, req: &Request) -> Option<Vec<u8>> {
+        let uid = req.param("uid").as_deref().and_then(parse_uid);
+        let group = req
+            .param("group")
+            .as_deref()
+            .filter(|g| g.starts_with(DEMO_GROUP_PREFIX))
+            .and_then(GroupName::new);
+        let (Some(uid), Some(group)) = (uid, group) else {
+            let why = "uid must be a number and group a name starting with demo:";
+            return Some(json_response(400, &http::error_body(400, why), false));
+        };
+        match self.router.demo_join(group, uid, ReplyTo::Page(conn)) {
+            PushOutcome::Now { status, body } => Some(json_response(status, &body, false)),
+            PushOutcome::Later => None,
+        }
     }
 
     /// A demo token for the uid and source asked for, kept by the router alone.

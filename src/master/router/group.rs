@@ -113,6 +113,11 @@ impl Router {
         PushOutcome::Later
     }
 
+    /// The demo page's join (`/demo/join`): `uid` into `group`, answered as `join_group` is.
+    pub fn demo_join(&mut self, group: GroupName, uid: Uid, to: ReplyTo) -> PushOutcome {
+        self.join_group(group, vec![uid], to)
+    }
+
     /// `leave_group` (and `ungroup`: every member leaves). What was sent to a member while it
     /// was one still reaches it.
     pub(super) fn leave_group(

@@ -101,6 +101,8 @@ pub enum Origin {
 pub enum ReplyTo {
     Udp(SocketAddr),
     Api(ApiConnId),
+    /// A demo helper on the WebSocket port (`/demo/join`).
+    Page(ConnId),
 }
 
 /// What the router leaves for the master to carry out.
