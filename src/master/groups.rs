@@ -12,6 +12,8 @@ struct Group {
     members: HashSet<Uid>,
     /// Members with a connection on this node.
     online: HashSet<Uid>,
+    /// Members logging in on this node: their take of kept messages is with a worker.
+    arriving: HashSet<Uid>,
     /// The newest message this node sent to the group: online members had everything up to
     /// it (or are owed what they did not get).
     last: MessageId,
@@ -26,6 +28,8 @@ pub struct Groups {
     of_uid: HashMap<Uid, Vec<GroupName>>,
     /// The table was read from the store.
     loaded: bool,
+    /// Logins under way per uid (a uid is `arriving` in its groups while it has one).
+    arrivals: HashMap<Uid, u32>,
     /// Groups whose members online here went from none to some (true) or back (false), for
     /// the cluster's record of which nodes to send a group's messages to.
     transitions: Vec<(GroupName, bool)>,
@@ -53,6 +57,58 @@ impl Groups {
 
     pub fn member_count(&self, group: &GroupName) -> usize {
         self.table.get(group).map_or(0, |g| g.members.len())
+    }
+
+    /// Members logging in here (their take is with a worker) and not online here yet.
+    pub fn arriving_members(&self, group: &GroupName) -> impl Iterator<Item = Uid> + '_ {
+        self.table
+            .get(group)
+            .into_iter()
+            .flat_map(|g| g.arriving.iter().copied().filter(|u| !g.online.contains(u)))
+    }
+
+    /// A login of `uid` asked for its messages: what its groups send meanwhile is owed to it.
+    pub fn arriving(&mut self, uid: Uid) {
+        let n = self.arrivals.entry(uid).or_default();
+        *n += 1;
+        if *n > 1 {
+            return;
+        }
+        for name in self.of_uid.get(&uid).into_iter().flatten() {
+            if let Some(g) = self.table.get_mut(name) {
+                g.arriving.insert(uid);
+            }
+        }
+    }
+
+    /// The login of `uid` was answered, whatever the answer.
+    pub fn arrived(&mut self, uid: Uid) {
+        match self.arrivals.get_mut(&uid) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                return;
+            }
+            Some(_) => {
+                self.arrivals.remove(&uid);
+            }
+            None => return,
+        }
+        for name in self.of_uid.get(&uid).into_iter().flatten() {
+            if let Some(g) = self.table.get_mut(name) {
+                g.arriving.remove(&uid);
+            }
+        }
+    }
+
+    /// Where `uid` stands in each of its groups now (the newest message of each sent here).
+    pub fn standing(&self, uid: Uid) -> Vec<(GroupName, MessageId)> {
+        self.of_uid
+            .get(&uid)
+            .into_iter()
+            .flatten()
+            .filter_map(|n| self.table.get(n).map(|g| (n.clone(), g.last)))
+            .filter(|(_, last)| *last != MessageId::default())
+            .collect()
     }
 
     /// Members with a connection on this node.
@@ -117,6 +173,7 @@ impl Groups {
         for uid in uids {
             if g.members.remove(uid) {
                 g.online.remove(uid);
+                g.arriving.remove(uid);
                 if let Some(groups) = self.of_uid.get_mut(uid) {
                     groups.retain(|n| n != group);
                     if groups.is_empty() {

@@ -41,6 +41,11 @@ impl Backlogs {
         self.uids.contains_key(&uid)
     }
 
+    /// A take of `uid`'s kept messages is with a worker.
+    pub fn taking(&self, uid: Uid) -> bool {
+        self.uids.get(&uid).is_some_and(|s| s.takes > 0)
+    }
+
     /// A take of `uid`'s kept messages went to a worker.
     pub fn take_started(&mut self, uid: Uid) {
         self.uids.entry(uid).or_default().takes += 1;

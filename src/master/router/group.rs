@@ -368,14 +368,21 @@ impl Router {
         now: Instant,
     ) -> usize {
         let mut delivered = 0;
-        let mut held = Vec::new();
+        // Members whose take of kept messages is with a worker: settled when it answers.
+        let mut taking: Vec<Uid> = self.groups.arriving_members(&message.group).collect();
+        // Members online here that cannot have it now: owed at once.
+        let mut owed = Vec::new();
         for uid in self.groups.online_members(&message.group) {
             if Some(uid) == exclude {
                 continue;
             }
             if self.backlogs.holds(uid) {
                 // Older messages are on their way to it: this one comes behind them.
-                held.push(uid);
+                if self.backlogs.taking(uid) {
+                    taking.push(uid);
+                } else {
+                    owed.push(uid);
+                }
                 continue;
             }
             let mut took = 0;
@@ -392,14 +399,45 @@ impl Router {
             // Connections that are all full: it comes when they have caught up, or at the
             // next login.
             if others > 0 && took == 0 {
-                held.push(uid);
+                owed.push(uid);
             }
             delivered += took;
         }
-        for uid in held {
+        for uid in taking.into_iter().filter(|u| Some(*u) != exclude) {
+            self.held_group.entry(uid).or_default().push(message.id);
+        }
+        for uid in owed {
             self.owe(uid, vec![message.id]);
         }
         delivered
+    }
+
+    /// A take of `uid`'s messages was answered: the group messages sent to it meanwhile are
+    /// owed to it, but those the take brought (a take may see a message stored in time).
+    pub(super) fn settle_held(&mut self, uid: Uid, reply: &Reply) {
+        let Some(mut held) = self.held_group.remove(&uid) else {
+            return;
+        };
+        if let Reply::Pending { frames, .. } = reply {
+            held.retain(|id| !frames.iter().any(|f| f.id == *id));
+        }
+        self.owe(uid, held);
+    }
+
+    /// `uid` starts to have its new messages held (a take, or a wait for its queues to drain):
+    /// if it is online here, the store learns that it had its groups' messages up to now, so
+    /// that the take does not hand it again what it got live (what it did not get is owed).
+    pub(super) fn begin_hold(&mut self, uid: Uid) {
+        if self.backlogs.holds(uid) || !self.registry.is_online(uid) {
+            return;
+        }
+        let standing = self.groups.standing(uid);
+        if standing.is_empty() {
+            return;
+        }
+        let seen: Vec<(&str, MessageId)> =
+            standing.iter().map(|(g, id)| (g.as_str(), *id)).collect();
+        self.task(uid.0, &Task::GroupSeen { uid, seen }, Origin::Store);
     }
 
     /// Group messages `ids` never reached `uid`: they come at its next take.

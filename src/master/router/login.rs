@@ -20,7 +20,9 @@ impl Router {
     /// alone: the worker is only asked for the take (a fetch carries no token), so the login
     /// frame and the kept messages come as after any login.
     pub fn login_requested(&mut self, conn: ConnId, login: Credentials, now: Instant) {
+        self.begin_hold(login.uid);
         self.backlogs.take_started(login.uid);
+        self.groups.arriving(login.uid);
         if self.groups.has_unstored(login.uid) {
             // The take would miss a group message on its way to the store (see `group`).
             self.waiting_logins.push((conn, login));
@@ -65,6 +67,8 @@ impl Router {
         reply: Reply,
         now: Instant,
     ) {
+        self.groups.arrived(uid);
+        self.settle_held(uid, &reply);
         if !ws.is_logging_in(conn) {
             // The client left while its login was checked: give back what was taken for it.
             if let Reply::Pending { frames, .. } = reply {
@@ -228,6 +232,7 @@ impl Router {
     /// behind it. Messages still batched go first (same worker slot, in order), so the take
     /// sees them.
     pub(super) fn fetch(&mut self, uid: Uid) {
+        self.begin_hold(uid);
         self.backlogs.take_started(uid);
         self.submit_fetch(uid);
     }
@@ -249,6 +254,7 @@ impl Router {
         reply: Reply,
         now: Instant,
     ) {
+        self.settle_held(uid, &reply);
         match reply {
             Reply::Pending {
                 frames,
@@ -281,6 +287,7 @@ impl Router {
         if self.backlogs.holds(uid) {
             self.backlogs.kept(uid);
         } else if self.registry.is_online(uid) {
+            self.begin_hold(uid);
             self.backlogs.wait_for_drain(uid);
         }
     }

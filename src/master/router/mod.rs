@@ -167,6 +167,9 @@ pub struct Router {
     waiting_logins: Vec<(ConnId, Credentials)>,
     /// The start-up read of the groups was asked for.
     groups_asked: bool,
+    /// Group messages sent to members while a take of their messages was with a worker: owed
+    /// to them once the take is answered, but those it brought (see `group::settle_held`).
+    held_group: HashMap<Uid, Vec<MessageId>>,
 }
 
 impl Router {
@@ -186,6 +189,7 @@ impl Router {
             max_group_members: usize::MAX,
             waiting_logins: Vec::new(),
             groups_asked: false,
+            held_group: HashMap::new(),
         }
     }
 

@@ -383,5 +383,6 @@ fn routed_push(t: &mut T, body: &str, answers: Vec<Reply>) -> Vec<Action> {
 
 mod chat;
 mod cluster;
+mod groups;
 mod login;
 mod push;
