@@ -12,6 +12,7 @@ pub mod login_record;
 pub mod mysql;
 pub mod redis;
 pub mod sqlite;
+mod sqlite_groups;
 
 use crate::model::{Credentials, MessageId, PendingMessage, StoredMessage, TokenRecord, Uid};
 use crate::secret::same_secret;

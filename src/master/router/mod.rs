@@ -12,6 +12,7 @@
 mod backlog;
 pub mod demo;
 mod group;
+mod group_send;
 mod login;
 mod push;
 mod relay;

@@ -1,0 +1,312 @@
+//! Messages to a group, from a pusher or a member: the frame written once and handed to every
+//! connection of every member online here, as a broadcast is; kept once in the store, where
+//! offline members find it at their next login; what a member online here cannot have now
+//! (its queues are full, or older messages are on their way to it) is owed to it. In a
+//! cluster the message is published once to the nodes where a member is online.
+
+use super::group::group_key;
+use super::push::PushOutcome;
+use super::{Origin, Router};
+use crate::ids::unix_now;
+use crate::ipc::{ClusterMessage, MessageMeta, Reply, Task};
+use crate::master::message::{GroupMessage, Kind};
+use crate::master::ws::{Outgoing, Sessions};
+use crate::model::{ConnId, GroupName, MessageId, Uid};
+use crate::net::stream::Transport;
+use crate::protocol::frames;
+use crate::protocol::push::PushData;
+use std::rc::Rc;
+use std::time::Instant;
+
+impl Router {
+    /// `to_group` from a pusher: delivered to every member connection but `exclude`'s.
+    pub(super) fn push_to_group<S: Transport>(
+        &mut self,
+        ws: &mut Sessions<S>,
+        group: GroupName,
+        exclude: Option<Uid>,
+        data: &PushData<'_>,
+        now: Instant,
+    ) -> PushOutcome {
+        let id = self.ids.next_id();
+        if self.groups.members(&group).is_none() {
+            return PushOutcome::delivered(Some(id), 0);
+        }
+        if !self.admit() {
+            return PushOutcome::busy();
+        }
+        let time_now = unix_now();
+        let f = data.group_frame(id, time_now, &group);
+        let message = Rc::new(GroupMessage {
+            id,
+            from: data.sender,
+            group,
+            time: data.time(time_now),
+            frame: f.frame,
+            kind: Kind::from_name(data.kind()),
+            content: f.content,
+        });
+        let delivered = self.send_to_group(ws, &message, exclude, None, now);
+        PushOutcome::delivered(Some(id), delivered)
+    }
+
+    /// A chat to a group from a logged-in member: to every other member and to the sender's
+    /// other connections; the sender gets its ack. A non-member gets 403.
+    #[allow(clippy::too_many_arguments)]
+    pub fn group_chat<S: Transport>(
+        &mut self,
+        ws: &mut Sessions<S>,
+        conn: ConnId,
+        from: Uid,
+        group: GroupName,
+        kind: &'static str,
+        text: &[u8],
+        content: std::ops::Range<usize>,
+        in_flight: usize,
+        now: Instant,
+    ) {
+        self.in_flight = in_flight;
+        if !self.groups.is_member(&group, from) {
+            let frame = frames::error(403, &format!("not a member of {group}"));
+            ws.send(conn, Outgoing::Frame(frame), now);
+            return;
+        }
+        if !self.admit() {
+            ws.send(
+                conn,
+                Outgoing::Frame(frames::error(503, "busy: try again later")),
+                now,
+            );
+            return;
+        }
+        let content = std::str::from_utf8(&text[content]).unwrap_or("null");
+        let id = self.ids.next_id();
+        let time = unix_now();
+        let (frame, layout) =
+            frames::group_message(id, kind, from, group.as_str(), time, 1, content);
+        let ack = frames::group_ack(id, group.as_str());
+        let message = Rc::new(GroupMessage {
+            id,
+            from,
+            group,
+            time,
+            frame,
+            kind: Kind::Named(kind),
+            content: Some(layout.content),
+        });
+        self.send_to_group(ws, &message, None, Some(conn), now);
+        ws.send(conn, Outgoing::Frame(ack), now);
+    }
+
+    /// Queues `message` to every connection of every member online here (but `exclude`'s, and
+    /// the connection `skip`), owes it to members whose older messages are still on their way,
+    /// keeps it once and, in a cluster, publishes it once to the other nodes. Returns how many
+    /// connections took it here.
+    fn send_to_group<S: Transport>(
+        &mut self,
+        ws: &mut Sessions<S>,
+        message: &Rc<GroupMessage>,
+        exclude: Option<Uid>,
+        skip: Option<ConnId>,
+        now: Instant,
+    ) -> usize {
+        let delivered = self.deliver_to_group(ws, message, exclude, skip, now);
+        self.groups.sent(&message.group, message.id);
+        let task = Task::GroupStore(message.stored());
+        let origin = Origin::GroupStored {
+            group: message.group.clone(),
+        };
+        self.task(group_key(&message.group), &task, origin);
+        if let Some(relay) = self.relay.as_ref() {
+            let origin = relay.node.clone();
+            let published = ClusterMessage::Group {
+                origin: &origin,
+                group: message.group.as_str(),
+                exclude,
+                meta: MessageMeta {
+                    id: message.id,
+                    from: message.from,
+                    time: message.time,
+                    kind: message.kind().into(),
+                    content: message.content.clone().map(|r| {
+                        let header = message.frame.len() - frames::payload(&message.frame).len();
+                        ((r.start - header) as u32, r.len() as u32)
+                    }),
+                },
+                frame: frames::payload(&message.frame),
+            };
+            let task = Task::GroupRoute {
+                group: message.group.as_str(),
+                message: published,
+            };
+            self.task(super::PRESENCE_KEY, &task, Origin::Cluster);
+        }
+        delivered
+    }
+
+    /// Cluster: tells Redis in which groups this node's members online came or went (once
+    /// per loop turn), so that other nodes publish a group's messages only where they are
+    /// read. Without a cluster the transitions are dropped.
+    pub fn submit_group_nodes(&mut self) {
+        let changes = self.groups.take_transitions();
+        if changes.is_empty() || self.relay.is_none() {
+            return;
+        }
+        let changes: Vec<(&str, bool)> = changes.iter().map(|(g, on)| (g.as_str(), *on)).collect();
+        self.task(
+            super::PRESENCE_KEY,
+            &Task::GroupNodes(changes),
+            Origin::Cluster,
+        );
+    }
+
+    /// The local part of a group send.
+    fn deliver_to_group<S: Transport>(
+        &mut self,
+        ws: &mut Sessions<S>,
+        message: &Rc<GroupMessage>,
+        exclude: Option<Uid>,
+        skip: Option<ConnId>,
+        now: Instant,
+    ) -> usize {
+        let mut delivered = 0;
+        // Members whose take of kept messages is with a worker: settled when it answers.
+        let mut taking: Vec<Uid> = self.groups.arriving_members(&message.group).collect();
+        // Members online here that cannot have it now: owed at once.
+        let mut owed = Vec::new();
+        for uid in self.groups.online_members(&message.group) {
+            if Some(uid) == exclude {
+                continue;
+            }
+            if self.backlogs.holds(uid) {
+                // Older messages are on their way to it: this one comes behind them.
+                if self.backlogs.taking(uid) {
+                    taking.push(uid);
+                } else {
+                    owed.push(uid);
+                }
+                continue;
+            }
+            let mut took = 0;
+            let mut others = 0;
+            for e in self.registry.connections_of(uid) {
+                if Some(e.conn) == skip {
+                    continue;
+                }
+                others += 1;
+                if ws.send_now(e.conn, Outgoing::Group(Rc::clone(message)), now) {
+                    took += 1;
+                }
+            }
+            // Connections that are all full: it comes when they have caught up, or at the
+            // next login.
+            if others > 0 && took == 0 {
+                owed.push(uid);
+            }
+            delivered += took;
+        }
+        for uid in taking.into_iter().filter(|u| Some(*u) != exclude) {
+            self.held_group.entry(uid).or_default().push(message.id);
+        }
+        for uid in owed {
+            self.owe(uid, vec![message.id]);
+        }
+        delivered
+    }
+
+    /// A take of `uid`'s messages was answered: the group messages sent to it meanwhile are
+    /// owed to it, but those the take brought (a take may see a message stored in time).
+    pub(super) fn settle_held(&mut self, uid: Uid, reply: &Reply) {
+        let Some(mut held) = self.held_group.remove(&uid) else {
+            return;
+        };
+        if let Reply::Pending { frames, .. } = reply {
+            held.retain(|id| !frames.iter().any(|f| f.id == *id));
+        }
+        self.owe(uid, held);
+    }
+
+    /// `uid` starts to have its new messages held (a take, or a wait for its queues to drain):
+    /// if it is online here, the store learns that it had its groups' messages up to now, so
+    /// that the take does not hand it again what it got live (what it did not get is owed).
+    pub(super) fn begin_hold(&mut self, uid: Uid) {
+        if self.backlogs.holds(uid) || !self.registry.is_online(uid) {
+            return;
+        }
+        let standing = self.groups.standing(uid);
+        if standing.is_empty() {
+            return;
+        }
+        let seen: Vec<(&str, MessageId)> =
+            standing.iter().map(|(g, id)| (g.as_str(), *id)).collect();
+        self.task(uid.0, &Task::GroupSeen { uid, seen }, Origin::Store);
+    }
+
+    /// Group messages `ids` never reached `uid`: they come at its next take.
+    pub(super) fn owe(&mut self, uid: Uid, ids: Vec<MessageId>) {
+        if !ids.is_empty() {
+            self.task(uid.0, &Task::GroupOwed { uid, ids }, Origin::Store);
+            self.kept_undelivered(uid);
+        }
+    }
+
+    /// A group message published by another node: delivered to the members online here.
+    pub(super) fn group_relayed<S: Transport>(
+        &mut self,
+        ws: &mut Sessions<S>,
+        group: GroupName,
+        exclude: Option<Uid>,
+        meta: &MessageMeta<'_>,
+        frame: &[u8],
+        now: Instant,
+    ) {
+        if self.groups.online_members(&group).next().is_none() {
+            return;
+        }
+        let wire = frames::text(frame);
+        let header = wire.len() - frame.len();
+        let message = Rc::new(GroupMessage {
+            id: meta.id,
+            from: meta.from,
+            group,
+            time: meta.time,
+            kind: Kind::from_name(&meta.kind),
+            content: meta
+                .content
+                .map(|(at, len)| header + at as usize..header + at as usize + len as usize),
+            frame: wire,
+        });
+        self.deliver_to_group(ws, &message, exclude, None, now);
+        self.groups.relayed(&message.group, message.id);
+    }
+
+    /// A group message was written (or failed, and waits for a retry with the other writes):
+    /// logins that waited for it go on.
+    pub fn group_stored(&mut self, group: &GroupName, now: Instant) {
+        self.groups.stored(group);
+        let waiting = std::mem::take(&mut self.waiting_logins);
+        for (conn, login) in waiting {
+            if self.groups.has_unstored(login.uid) {
+                self.waiting_logins.push((conn, login));
+            } else {
+                self.submit_login(conn, login, now);
+            }
+        }
+    }
+
+    /// `uid`'s first connection here: it gets its groups' messages live from now on.
+    pub(super) fn groups_online(&mut self, uid: Uid) {
+        self.groups.came_online(uid);
+    }
+
+    /// `uid`'s last connection here went: the store learns where it stands in its groups.
+    pub(super) fn groups_offline(&mut self, uid: Uid) {
+        let seen = self.groups.went_offline(uid);
+        if seen.is_empty() {
+            return;
+        }
+        let seen: Vec<(&str, MessageId)> = seen.iter().map(|(g, id)| (g.as_str(), *id)).collect();
+        let task = Task::GroupSeen { uid, seen };
+        self.task(uid.0, &task, Origin::Store);
+    }
+}
