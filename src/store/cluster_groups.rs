@@ -15,6 +15,8 @@ const GROUP_PREFIX: &str = "wspush:group:";
 /// Per group, the nodes with a member online; per node, the groups it is in such a set of.
 const GROUP_NODES_PREFIX: &str = "wspush:group_nodes:";
 const NODE_GROUPS_PREFIX: &str = "wspush:node_groups:";
+/// Uids one `ONLINE_OF` call looks up.
+const ONLINE_OF_CHUNK: usize = 1000;
 
 /// KEYS: clientInfo. ARGV: alive prefix, then uids. The uids with an entry on a live node.
 const ONLINE_OF: &str = r"
@@ -104,18 +106,20 @@ impl ClusterStore {
     }
 
     /// Which of `uids` have a connection on a live node.
+    /// A script call per `ONLINE_OF_CHUNK` uids, so that a large group does not hold Redis.
     pub fn online_of(&mut self, uids: &[Uid]) -> Result<Vec<Uid>, StoreError> {
         let script = Script::new(ONLINE_OF);
-        let mut call = script.key(CLIENT_INFO);
-        call.arg(ALIVE_PREFIX);
-        for uid in uids {
-            call.arg(uid.0);
+        let mut online = Vec::new();
+        for chunk in uids.chunks(ONLINE_OF_CHUNK) {
+            let mut call = script.key(CLIENT_INFO);
+            call.arg(ALIVE_PREFIX);
+            for uid in chunk {
+                call.arg(uid.0);
+            }
+            let some: Vec<String> = self.redis.with(|c| call.invoke(c))?;
+            online.extend(some.iter().filter_map(|u| crate::protocol::parse_uid(u)));
         }
-        let online: Vec<String> = self.redis.with(|c| call.invoke(c))?;
-        Ok(online
-            .iter()
-            .filter_map(|u| crate::protocol::parse_uid(u))
-            .collect())
+        Ok(online)
     }
 
     /// Every group and its members.
