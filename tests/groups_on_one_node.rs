@@ -296,4 +296,7 @@ fn a_group_of_100000_members_joined_10000_per_request() {
     let big = "x".repeat(70_000);
     let (status, _) = http_push(&server, "to_group", json!({"group": "big", "content": big}));
     assert_eq!(status, 413);
+    // And all 100,000 leave at once.
+    let (status, r) = http_push(&server, "ungroup", json!({"group": "big"}));
+    assert_eq!((status, &r["members"]), (200, &json!(0)), "{r}");
 }

@@ -342,17 +342,29 @@ impl GroupMessages for MysqlStore {
     ) -> Result<u64, StoreError> {
         self.with(|conn| {
             let mut tx = conn.start_transaction(TxOpts::default())?;
+            // An online leaver had everything up to its `seen`; then what each is owed is kept
+            // and it leaves, a set of leavers per statement (an ungroup may be 100,000).
             for (uid, seen) in leaving {
+                if let Some(seen) = seen {
+                    advance_seen(&mut tx, *uid, &[(group, *seen)])?;
+                }
+            }
+            for chunk in leaving.chunks(ROWS_PER_INSERT * 5) {
+                let marks = vec!["?"; chunk.len()].join(",");
+                let mut params: Vec<Value> = vec![group.into()];
+                params.extend(chunk.iter().map(|(uid, _)| Value::from(uid.0)));
                 tx.exec_drop(
-                    "INSERT IGNORE INTO group_owed (uid, id)
-                     SELECT c.uid, m.id FROM group_member c
-                       JOIN group_message m ON m.grp = c.grp AND m.id > GREATEST(c.seen, ?)
-                      WHERE c.grp = ? AND c.uid = ?",
-                    (seen.map_or(0, |s| s.0), group, uid.0),
+                    format!(
+                        "INSERT IGNORE INTO group_owed (uid, id)
+                         SELECT c.uid, m.id FROM group_member c
+                           JOIN group_message m ON m.grp = c.grp AND m.id > c.seen
+                          WHERE c.grp = ? AND c.uid IN ({marks})"
+                    ),
+                    params.clone(),
                 )?;
                 tx.exec_drop(
-                    "DELETE FROM group_member WHERE grp = ? AND uid = ?",
-                    (group, uid.0),
+                    format!("DELETE FROM group_member WHERE grp = ? AND uid IN ({marks})"),
+                    params,
                 )?;
             }
             let n = member_count(&mut tx, group)?;
