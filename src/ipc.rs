@@ -9,7 +9,8 @@ pub mod hello;
 
 use crate::config::Config;
 use crate::model::{
-    ConnId, Credentials, MessageId, PresenceChange, Source, StoredMessage, TokenRecord, Uid,
+    ConnId, Credentials, MessageId, NodeSeen, PresenceChange, Source, StoredMessage, TokenRecord,
+    Uid,
 };
 use crate::protocol::uid_from_raw;
 use bytes::{Bytes, BytesMut};
@@ -330,6 +331,8 @@ pub enum Reply {
         nodes: u32,
     },
     Sources(Vec<String>),
+    /// A `Heartbeat`'s view of the live nodes. Last, so that the others keep their encoding.
+    Nodes(Vec<NodeSeen>),
 }
 
 /// What a child sends the master.

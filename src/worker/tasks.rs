@@ -174,7 +174,7 @@ fn cluster_task_reply(cluster: &mut ClusterStore, task: Task<'_>) -> Result<Repl
         },
         Task::Broadcast(message) => cluster.broadcast(&message.to_json()).map(|_| Reply::Ok)?,
         Task::Online(uid) => Reply::Sources(cluster.remote_sources(uid)?),
-        Task::Heartbeat => cluster.heartbeat().map(|_| Reply::Ok)?,
+        Task::Heartbeat => Reply::Nodes(cluster.heartbeat()?),
         Task::PurgeSelf => cluster.purge_self().map(|_| Reply::Ok)?,
         Task::Resync(changes) => {
             cluster.purge_self()?;
