@@ -9,8 +9,8 @@ pub mod hello;
 
 use crate::config::Config;
 use crate::model::{
-    ConnId, Credentials, MessageId, PresenceChange, Source, StoredGroupMessage, StoredMessage,
-    TokenRecord, Uid,
+    ConnId, Credentials, MessageId, NodeSeen, PresenceChange, Source, StoredGroupMessage,
+    StoredMessage, TokenRecord, Uid,
 };
 use crate::protocol::uid_from_raw;
 use bytes::{Bytes, BytesMut};
@@ -457,6 +457,8 @@ pub enum Reply {
     Groups(Vec<(String, Vec<Uid>)>),
     /// The uids of a `GroupOnline` that are online.
     Online(Vec<Uid>),
+    /// A `Heartbeat`'s view of the live nodes.
+    Nodes(Vec<NodeSeen>),
 }
 
 /// What a child sends the master.

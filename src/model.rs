@@ -210,6 +210,17 @@ pub struct StoredGroupMessage<'a> {
     pub time: u64,
 }
 
+/// A live node of the cluster as its heartbeat saw it in Redis (for the dashboard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSeen {
+    /// `ip:port`, as the node names itself.
+    pub node: String,
+    /// Its entries in `ws_fdInfo:{ip}{port}`: its logged-in connections.
+    pub connections: u64,
+    /// Milliseconds its heartbeat key had left (`redis.node_ttl` after its last heartbeat).
+    pub heartbeat_ttl_ms: i64,
+}
+
 /// A connection registered (online) or gone (offline) on this node, for the cluster's presence
 /// hashes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,8 @@
 //! and the plots fill and move while the test drives traffic; a tab opened later shows the
 //! history at once; its actions look a uid up, push to it (and to a group, whatever the reply)
 //! and kick it, which closes the test client with 4003. Its data is refused without the key,
-//! with the key in the URL, and to an address allowed neither to push nor to scrape.
+//! with the key in the URL, and to an address allowed neither to push nor to scrape. In a
+//! cluster it lists the live nodes.
 //!
 //! `screenshots_for_the_readme` (ignored; `cargo test --test
 //! the_admin_dashboard_plots_live_traffic_and_kicks -- --ignored`) writes `docs/admin-*.png`.
@@ -12,6 +13,7 @@
 //! (`common::browser`). A missing browser is a failure, never a skip.
 mod common;
 use common::browser::*;
+use common::cluster::start_cluster;
 use common::*;
 use serde_json::json;
 use std::io::Write;
@@ -242,13 +244,55 @@ fn the_dashboard_plots_live_traffic_and_kicks() {
     b.save_screenshot(&a, Path::new("/tmp/wspush-admin.png"));
 }
 
+/// In a cluster the dashboard lists the live nodes as its heartbeat sees them in Redis, with
+/// their connections and how long ago each sent its heartbeat, and times its own heartbeat's
+/// round trip.
+#[test]
+fn the_dashboard_lists_the_nodes_of_a_cluster() {
+    let c = start_cluster("admin-cluster", 2);
+    let _one = c.login(0, 701, "app");
+    let _two = c.login(1, 702, "app");
+    let _three = c.login(1, 703, "pc");
+    let bearer = format!("Bearer {SECRET}");
+    let key = [("Authorization", bearer.as_str())];
+    let name = |i: usize| format!("127.0.0.1:{}", c.nodes[i].ws_port);
+    let cluster = wait_for(
+        "node 1's dashboard to list both nodes with their connections",
+        || {
+            let (status, body) = c.nodes[0].http("GET", "/api/admin/history", &key, b"");
+            assert_eq!(status, 200, "{body}");
+            let info = body_json(&body)["info"].clone();
+            let nodes = info["cluster"]["nodes"].as_array()?.clone();
+            let connections = |node: String| {
+                let n = nodes.iter().find(|n| n["node"] == node.as_str())?;
+                n["connections"].as_u64()
+            };
+            let both = connections(name(0)) == Some(1) && connections(name(1)) == Some(2);
+            (both && nodes.len() == 2 && info["cluster"]["heartbeat_ms"].is_number())
+                .then_some(info["cluster"].clone())
+        },
+    );
+    for node in cluster["nodes"].as_array().expect("nodes") {
+        let age = node["heartbeat_age_s"].as_i64().expect("an age");
+        assert!((0..=3).contains(&age), "within node_ttl (3 s): {cluster}");
+    }
+    assert_eq!(cluster["node"], name(0), "{cluster}");
+    assert_eq!(cluster["subscribed"], true, "{cluster}");
+}
+
 /// Screenshots for the README, under load: the dashboard at a laptop's width (light) and a
 /// phone's (dark).
 #[test]
 #[ignore = "writes docs/admin-*.png; run by hand"]
 fn screenshots_for_the_readme() {
     chromium_path();
-    let server = Server::start("admin-shots");
+    // Chats as fast as the clients go: no per-client rate limit in the way; readers that
+    // never send are not idle.
+    let server = ServerBuilder::new("admin-shots")
+        .set("heartbeat_idle_time", "3600")
+        .set("rate_limit", "1000000")
+        .set("rate_limit_burst", "1000000")
+        .start();
     let mut b = Browser::launch();
     let stop = AtomicBool::new(false);
     let rounds = AtomicU64::new(0);
@@ -258,30 +302,35 @@ fn screenshots_for_the_readme() {
             .map(|i| {
                 let (server, stop, rounds) = (&server, &stop, &rounds);
                 scope.spawn(move || {
-                    // Each thread its own reader: uid 802 is the first's.
                     if i == 0 {
-                        drive_traffic(server, stop, rounds)
-                    } else {
-                        let mut c = server.login(810 + i, "app");
-                        while !stop.load(Ordering::SeqCst) {
-                            c.chat(802, "chat under load");
-                            let _ack = c.recv();
-                        }
+                        return drive_traffic(server, stop, rounds);
+                    }
+                    // A chatting pair of its own.
+                    let mut from = server.login(810 + i, "app");
+                    let mut to = server.login(820 + i, "app");
+                    while !stop.load(Ordering::SeqCst) {
+                        from.chat(820 + i, "chat under load");
+                        assert_eq!(from.recv()["type"], "ack");
+                        assert_eq!(to.recv()["content"]["value"], "chat under load");
                     }
                 })
             })
             .collect();
         let _stop = StopOnDrop(&stop);
         let page = open_dashboard(&mut b, &server);
-        // Forty seconds of history in the plots.
+        // Three minutes of history in the plots (each wait within DevTools' answer time).
         b.wait_until_js(
             &page,
             "some history",
-            "window.dashboard.samples >= 12",
+            "window.dashboard.samples >= 2",
             STATE,
         );
-        let wait_more = "new Promise((ok) => setTimeout(() => ok(true), 14000))";
-        b.eval(&page, wait_more);
+        for _ in 0..13 {
+            b.eval(
+                &page,
+                "new Promise((ok) => setTimeout(() => ok(true), 14000))",
+            );
+        }
         for (name, width, height, scheme) in [
             ("admin-laptop.png", 1366, 1500, "light"),
             ("admin-phone.png", 390, 2400, "dark"),

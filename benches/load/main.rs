@@ -26,7 +26,8 @@
 //! connections each, at least 2), `--rate N` (pushes per second), `--rounds N`, `--senders N`,
 //! `--max-pending N` (handshakes under way at once, all agents together), `--keep` (every
 //! message kept, as on the default configuration; otherwise only undelivered ones), `--tls`
-//! (wss:// and https:// with a throwaway certificate; UDP pushes stay as they are).
+//! (wss:// and https:// with a throwaway certificate; UDP pushes stay as they are),
+//! `--dashboard` (an admin dashboard open throughout: its once-a-second poll, for its cost).
 
 use clap::{Parser, ValueEnum};
 
@@ -36,6 +37,7 @@ mod client;
 #[path = "../common/mod.rs"]
 mod common;
 mod control;
+mod dashboard;
 mod fleet;
 mod flood;
 mod link;
@@ -110,6 +112,10 @@ struct Args {
     /// UDP pushes are unchanged. Not for `flood`.
     #[arg(long)]
     tls: bool,
+    /// An admin dashboard open during the run: `/api/admin/history` polled once a second, as
+    /// the page does (the server's CPU with and without it is the dashboard's cost).
+    #[arg(long)]
+    dashboard: bool,
     /// Content bytes of each flood push.
     #[arg(long, default_value_t = 60_000)]
     size: usize,
@@ -158,6 +164,9 @@ fn main() {
         store.as_ref(),
         args.tls,
     );
+    let dashboard = args
+        .dashboard
+        .then(|| dashboard::Dashboard::open(bench.http_port(), bench.http_tls()));
     let figures = match args.scenario {
         Scenario::Connect => scenarios::connect(&mut bench),
         Scenario::Push | Scenario::Latency => {
@@ -192,6 +201,12 @@ fn main() {
         ),
         Scenario::Flood => unreachable!("flood runs on its own, above"),
     };
+    if let Some(d) = dashboard {
+        eprintln!(
+            "load: dashboard open throughout: {} polls answered",
+            d.close()
+        );
+    }
     let pass = report::print(&bench.connect, &figures);
     // Agents and server go before the exit code is set: exit() would skip their destructors.
     drop(bench);

@@ -70,6 +70,15 @@ impl GenCpu {
 }
 
 impl Bench {
+    pub fn http_port(&self) -> u16 {
+        self.server.http
+    }
+
+    /// The client configuration for https://, when the server speaks TLS.
+    pub fn http_tls(&self) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+        self.server.tls.as_ref().map(|(_, c)| c.clone())
+    }
+
     /// `max_pending` handshakes under way at once in all: past the server's listen backlog a
     /// dropped SYN costs a 1 s retransmission. `store`: the server keeps every message there.
     /// `tls`: wss:// and https://.

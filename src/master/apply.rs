@@ -165,8 +165,8 @@ impl Master {
                 }
             }
             Origin::Heartbeat => {
-                if let Some(c) = self.cluster.as_ref() {
-                    c.heartbeat_answered(&reply);
+                if let Some(c) = self.cluster.as_mut() {
+                    c.heartbeat_answered(reply, now);
                 }
             }
             Origin::Purge => {

@@ -6,7 +6,7 @@
 use super::redis::RedisStore;
 use super::StoreError;
 use crate::config::Config;
-use crate::model::{PresenceChange, Uid};
+use crate::model::{NodeSeen, PresenceChange, Uid};
 use redis::Script;
 
 pub const CLIENT_INFO: &str = "ws_clientInfo";
@@ -262,8 +262,9 @@ impl ClusterStore {
     }
 
     /// Refreshes this node's heartbeat and node id claim; purges nodes whose heartbeat lapsed.
-    /// Err(NodeIdInUse) when another live node holds this node id.
-    pub fn heartbeat(&mut self) -> Result<(), StoreError> {
+    /// Answers the live nodes, with their connections and heartbeats' time left. Err(NodeIdInUse)
+    /// when another live node holds this node id.
+    pub fn heartbeat(&mut self) -> Result<Vec<NodeSeen>, StoreError> {
         let me = self.node.id();
         let (ttl, id_key) = (self.ttl, format!("{NODE_ID_PREFIX}{}", self.node_id));
         let holder: Option<String> = self.redis.with(|c| {
@@ -305,23 +306,37 @@ impl ClusterStore {
         let nodes: Vec<String> = self
             .redis
             .with(|c| redis::cmd("SMEMBERS").arg(NODES).query(c))?;
-        for other in nodes.into_iter().filter(|n| *n != me) {
-            let alive: bool = self.redis.with(|c| {
-                redis::cmd("EXISTS")
-                    .arg(format!("{ALIVE_PREFIX}{other}"))
-                    .query(c)
-            })?;
-            if !alive {
-                log::warn!(
-                    "node {other} stopped sending heartbeats: removing its users from presence"
-                );
-                self.purge(&other)?;
-                self.purge_group_nodes(&other)?;
-                self.redis
-                    .with(|c| redis::cmd("SREM").arg(NODES).arg(&other).query::<()>(c))?;
-            }
+        // Every node's heartbeat time left (-2: none, the node is dead) and connection count,
+        // in one round trip.
+        let mut pipe = redis::pipe();
+        for node in &nodes {
+            let (ip, port) = node.rsplit_once(':').unwrap_or((node, ""));
+            pipe.cmd("PTTL")
+                .arg(format!("{ALIVE_PREFIX}{node}"))
+                .cmd("HLEN")
+                .arg(fd_info_key(ip, port));
         }
-        Ok(())
+        let answers: Vec<i64> = self.redis.with(|c| pipe.query(c))?;
+        let mut alive = Vec::with_capacity(nodes.len());
+        for (node, answer) in nodes.into_iter().zip(answers.chunks(2)) {
+            let (ttl, connections) = (answer[0], answer.get(1).copied().unwrap_or(0));
+            if ttl == -2 && node != me {
+                log::warn!(
+                    "node {node} stopped sending heartbeats: removing its users from presence"
+                );
+                self.purge(&node)?;
+                self.purge_group_nodes(&node)?;
+                self.redis
+                    .with(|c| redis::cmd("SREM").arg(NODES).arg(&node).query::<()>(c))?;
+                continue;
+            }
+            alive.push(NodeSeen {
+                node,
+                connections: u64::try_from(connections).unwrap_or(0),
+                heartbeat_ttl_ms: ttl,
+            });
+        }
+        Ok(alive)
     }
 
     pub fn purge_self(&mut self) -> Result<(), StoreError> {

@@ -243,7 +243,7 @@ fn cluster_task_reply(cluster: &mut ClusterStore, task: Task<'_>) -> Result<Repl
         Task::GroupRoute { group, message } => Reply::Routed {
             nodes: cluster.group_route(group, &message.to_json())?,
         },
-        Task::Heartbeat => cluster.heartbeat().map(|_| Reply::Ok)?,
+        Task::Heartbeat => Reply::Nodes(cluster.heartbeat()?),
         Task::PurgeSelf => cluster.purge_self().map(|_| Reply::Ok)?,
         Task::Resync(changes) => {
             cluster.purge_self()?;

@@ -2,7 +2,8 @@
 //! that draws its own plots), and what it polls and does, all under `/api/admin/`:
 //!
 //! - `GET history?since=<unix ms>`: the samples after `since` (`history`, taken once a second
-//!   by `sampler`) and the node's current facts;
+//!   by `sampler`) and the node's current facts (in a cluster, the live nodes as this node's
+//!   last heartbeat saw them in Redis);
 //! - `GET user?uid=N`: the uid's connections on this node;
 //! - `POST push`: a push shaped as `/api/push`'s (a kick, a test push; in a cluster the page
 //!   asks `online` through it for the sources on every node).
@@ -125,14 +126,28 @@ impl Master {
                 |s| json!({"slot": s.slot, "pid": s.pid, "ready": s.ready, "restarts": s.restarts}),
             )
             .collect();
+        let ttl_ms = self.config.redis.node_ttl.saturating_mul(1000) as i64;
         let cluster = self.cluster.as_ref().map(|c| {
             let heartbeat = self.metrics.last_heartbeat();
+            // A node's last heartbeat was `node_ttl` minus its key's time left ago, when this
+            // node's heartbeat read it.
+            let nodes: Vec<Value> = c.nodes().map_or(Vec::new(), |(read_at, nodes)| {
+                let since_read = now.saturating_duration_since(read_at).as_millis() as i64;
+                nodes
+                    .iter()
+                    .map(|n| {
+                        let age_ms = (ttl_ms - n.heartbeat_ttl_ms).max(0) + since_read;
+                        json!({"node": n.node, "connections": n.connections, "heartbeat_age_s": age_ms / 1000})
+                    })
+                    .collect()
+            });
             json!({
                 "node": c.node(),
                 "subscribed": c.subscribed(),
                 "subscriptions_lost": c.subscriptions_lost(),
                 "heartbeat_age_s": heartbeat.map(|(at, _)| now.saturating_duration_since(at).as_secs()),
                 "heartbeat_ms": heartbeat.map(|(_, took)| took.as_secs_f64() * 1000.0),
+                "nodes": nodes,
             })
         });
         let (ip, port) = self.config.node_address();

@@ -11,7 +11,7 @@ pub use subscriber::Inbound;
 use crate::config::Config;
 use crate::ipc::{self, Reply, Task, TaskFailure};
 use crate::master::router::{Origin, PRESENCE_KEY};
-use crate::model::{ConnId, PresenceChange};
+use crate::model::{ConnId, NodeSeen, PresenceChange};
 use bytes::Bytes;
 use log::{error, warn};
 use std::path::PathBuf;
@@ -29,6 +29,8 @@ pub struct Cluster {
     heartbeat_every: Duration,
     /// The start-up purge of this node's old presence entries has been answered.
     purged: bool,
+    /// The live nodes as the last heartbeat saw them, and when it was answered.
+    nodes: Option<(Instant, Vec<NodeSeen>)>,
 }
 
 impl Cluster {
@@ -42,6 +44,7 @@ impl Cluster {
             next_heartbeat: Instant::now(),
             heartbeat_every: Duration::from_secs((config.redis.node_ttl / 3).max(1)),
             purged: false,
+            nodes: None,
         }
     }
 
@@ -110,13 +113,19 @@ impl Cluster {
         self.subscriber.on_event(now)
     }
 
-    /// A heartbeat was answered.
-    pub fn heartbeat_answered(&self, reply: &Reply) {
+    /// A heartbeat was answered (at `now`): its view of the live nodes is kept.
+    pub fn heartbeat_answered(&mut self, reply: Reply, now: Instant) {
         match reply {
             Reply::Failed(why @ TaskFailure::NodeIdInUse { .. }) => error!("{why}"),
             Reply::Failed(why) => warn!("heartbeat failed: {why}"),
+            Reply::Nodes(nodes) => self.nodes = Some((now, nodes)),
             _ => {}
         }
+    }
+
+    /// The live nodes as the last answered heartbeat saw them, and when.
+    pub fn nodes(&self) -> Option<(Instant, &[NodeSeen])> {
+        self.nodes.as_ref().map(|(at, n)| (*at, n.as_slice()))
     }
 
     /// The start-up purge was answered (a failure is logged; the node starts all the same).
