@@ -165,8 +165,11 @@ pub enum ClusterMessage<'a> {
         #[serde(borrow)]
         frame: &'a [u8],
     },
-    /// A group's membership changed (`join` true: `uids` joined; false: they left).
+    /// A group's membership changed on node `origin` (`join` true: `uids` joined; false:
+    /// they left). `origin` has it in its table already.
     Members {
+        #[serde(borrow)]
+        origin: &'a str,
         #[serde(borrow)]
         group: &'a str,
         join: bool,
@@ -270,10 +273,15 @@ impl<'a> ClusterMessage<'a> {
                 out.push(b'}');
                 return out;
             }
-            ClusterMessage::Members { group, join, uids } => {
+            ClusterMessage::Members {
+                origin,
+                group,
+                join,
+                uids,
+            } => {
                 let uids: Vec<String> = uids.iter().map(Uid::to_string).collect();
                 let op = if *join { "join" } else { "leave" };
-                return serde_json::json!({"t": "members", "op": op, "group": group, "uids": uids})
+                return serde_json::json!({"t": "members", "origin": origin, "op": op, "group": group, "uids": uids})
                     .to_string()
                     .into_bytes();
             }
@@ -344,6 +352,7 @@ impl<'a> ClusterMessage<'a> {
                 frame: frame()?,
             },
             "members" => ClusterMessage::Members {
+                origin: w.origin.ok_or_else(|| bad("no origin"))?,
                 group: w.group.ok_or_else(|| bad("no group"))?,
                 join: w.op == Some("join"),
                 uids: w

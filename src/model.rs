@@ -208,6 +208,8 @@ pub struct StoredGroupMessage<'a> {
     pub kind: &'a str,
     pub content: &'a str,
     pub time: u64,
+    /// A member who does not get it (`exclude_uid`), not even later.
+    pub exclude: Option<Uid>,
 }
 
 /// A live node of the cluster as its heartbeat saw it in Redis (for the dashboard).

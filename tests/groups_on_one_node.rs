@@ -106,6 +106,23 @@ fn a_group_send_reaches_every_member_connection_once() {
 }
 
 #[test]
+fn an_excluded_member_does_not_get_the_message_later_either() {
+    let server = Server::start("groups-exclude");
+    server.push("join_group", json!({"group": "g", "uids": ["1", "2"]}));
+    let r = server.push(
+        "to_group",
+        json!({"group": "g", "exclude_uid": "2", "content": "not for 2"}),
+    );
+    let r2 = server.push("to_group", json!({"group": "g", "content": "for both"}));
+    let mut one = server.login(1, "app");
+    assert_eq!(one.recv()["id"], r["id"]);
+    assert_eq!(one.recv()["id"], r2["id"]);
+    let mut two = server.login(2, "app");
+    assert_eq!(two.recv()["id"], r2["id"], "only what was not excluded");
+    two.expect_nothing_queued();
+}
+
+#[test]
 fn members_chat_in_their_group_and_others_get_403() {
     let server = Server::start("groups-chat");
     let mut alice = server.login(1, "app");

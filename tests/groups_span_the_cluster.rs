@@ -127,10 +127,31 @@ fn a_group_message_goes_only_to_nodes_with_a_member_online() {
     wait_for("node 2 out of the group's node set", || {
         (group_nodes(&c, "few") == [name(0)]).then_some(())
     });
+    let before = (received(&c.nodes[0]), received(&c.nodes[1]));
     let r = c.nodes[2].push("to_group", json!({"group": "few", "content": "only here"}));
     assert_eq!(r["delivered"], 0, "no member on the node that took it: {r}");
     assert_eq!(alice.recv()["content"], "only here");
+    wait_for("node 1 to count the group message", || {
+        (received(&c.nodes[0]) == before.0 + 1).then_some(())
+    });
+    // Node 1 took it before node 2 could have: node 2 got nothing.
+    assert_eq!(
+        received(&c.nodes[1]),
+        before.1,
+        "node 2 has no member online"
+    );
     bystander.expect_nothing_queued();
+}
+
+/// Messages published to `node` through Redis (`/metrics`).
+fn received(node: &Server) -> u64 {
+    let (status, body) = node.http("GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix("wspush_cluster_messages_received_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no cluster_messages_received in /metrics"))
 }
 
 #[test]

@@ -17,8 +17,9 @@ struct Group {
     /// The newest message this node sent to the group: online members had everything up to
     /// it (or are owed what they did not get).
     last: MessageId,
-    /// Messages of this group sent to the store and not written yet.
-    unstored: u32,
+    /// Messages of this group sent to the store and not written yet, oldest first (one worker
+    /// slot writes a group's messages, in order).
+    unstored: std::collections::VecDeque<MessageId>,
 }
 
 #[derive(Debug, Default)]
@@ -40,13 +41,29 @@ impl Groups {
         self.loaded
     }
 
-    /// The store's groups, read at start; `online` says who has a connection here now.
+    /// The store's groups, read at start (or again after the cluster's Redis was away, when
+    /// changes may have been missed): the table becomes exactly that. `online` says who has a
+    /// connection here now.
     pub fn load(&mut self, groups: Vec<(String, Vec<Uid>)>, online: impl Fn(Uid) -> bool) {
+        let mut loaded: HashMap<GroupName, HashSet<Uid>> = HashMap::new();
         for (name, uids) in groups {
             // Names were checked when they were created; one that is not valid is skipped.
             if let Some(name) = GroupName::new(&name) {
-                self.join(&name, &uids, &online);
+                loaded.entry(name).or_default().extend(uids);
             }
+        }
+        let known: Vec<GroupName> = self.table.keys().cloned().collect();
+        for name in known {
+            let gone: Vec<Uid> = match (self.table.get(&name), loaded.get(&name)) {
+                (Some(g), Some(now)) => g.members.difference(now).copied().collect(),
+                (Some(g), None) => g.members.iter().copied().collect(),
+                (None, _) => continue,
+            };
+            self.leave(&name, &gone);
+        }
+        for (name, uids) in loaded {
+            let uids: Vec<Uid> = uids.into_iter().collect();
+            self.join(&name, &uids, &online);
         }
         self.loaded = true;
     }
@@ -134,6 +151,9 @@ impl Groups {
     }
 
     pub fn join(&mut self, group: &GroupName, uids: &[Uid], online: impl Fn(Uid) -> bool) {
+        if uids.is_empty() {
+            return;
+        }
         let g = self.table.entry(group.clone()).or_default();
         let before = g.online.is_empty();
         for &uid in uids {
@@ -141,6 +161,10 @@ impl Groups {
                 self.of_uid.entry(uid).or_default().push(group.clone());
                 if online(uid) {
                     g.online.insert(uid);
+                }
+                // Logging in now: what the group sends meanwhile is held for its take.
+                if self.arrivals.contains_key(&uid) {
+                    g.arriving.insert(uid);
                 }
             }
         }
@@ -185,7 +209,7 @@ impl Groups {
         if !before && g.online.is_empty() {
             self.transitions.push((group.clone(), false));
         }
-        if g.members.is_empty() && g.unstored == 0 {
+        if g.members.is_empty() && g.unstored.is_empty() {
             self.table.remove(group);
         }
     }
@@ -234,7 +258,7 @@ impl Groups {
     pub fn sent(&mut self, group: &GroupName, id: MessageId) {
         if let Some(g) = self.table.get_mut(group) {
             g.last = g.last.max(id);
-            g.unstored += 1;
+            g.unstored.push_back(id);
         }
     }
 
@@ -248,8 +272,8 @@ impl Groups {
     /// The store has answered for one of `group`'s messages.
     pub fn stored(&mut self, group: &GroupName) {
         if let Some(g) = self.table.get_mut(group) {
-            g.unstored = g.unstored.saturating_sub(1);
-            if g.members.is_empty() && g.unstored == 0 {
+            g.unstored.pop_front();
+            if g.members.is_empty() && g.unstored.is_empty() {
                 self.table.remove(group);
             }
         }
@@ -258,12 +282,24 @@ impl Groups {
     /// Whether a group of `uid` has a message on its way to the store: a take of `uid`'s
     /// messages now could miss it, and it would not come later either (`uid` is online when
     /// it is written), so the take waits for it.
-    pub fn has_unstored(&self, uid: Uid) -> bool {
+    /// The newest such message: a take after it is written sees every message sent before.
+    pub fn unstored_newest(&self, uid: Uid) -> Option<MessageId> {
         self.of_uid
             .get(&uid)
             .into_iter()
             .flatten()
-            .any(|n| self.table.get(n).is_some_and(|g| g.unstored > 0))
+            .filter_map(|n| self.table.get(n).and_then(|g| g.unstored.back().copied()))
+            .max()
+    }
+
+    /// Whether a group of `uid` still has a message up to `upto` on its way to the store.
+    pub fn has_unstored_upto(&self, uid: Uid, upto: MessageId) -> bool {
+        self.of_uid.get(&uid).into_iter().flatten().any(|n| {
+            self.table
+                .get(n)
+                .and_then(|g| g.unstored.front())
+                .is_some_and(|oldest| *oldest <= upto)
+        })
     }
 
     /// Gives back the room of tables that held far more than they do now.
@@ -307,6 +343,18 @@ mod tests {
             "the last member took the group with it"
         );
         assert!(t.went_offline(Uid(1)).is_empty());
+        // Read again (a cluster after Redis was away): the table becomes what was read.
+        t.join(&g("a"), &[Uid(5)], online);
+        t.join(&g("b"), &[Uid(6)], online);
+        t.load(vec![("a".into(), vec![Uid(7)])], online);
+        let members: Vec<u64> = t
+            .members(&g("a"))
+            .into_iter()
+            .flatten()
+            .map(|u| u.0)
+            .collect();
+        assert_eq!(members, [7]);
+        assert!(t.members(&g("b")).is_none());
     }
 
     #[test]
@@ -316,11 +364,12 @@ mod tests {
         assert!(t.went_offline(Uid(1)).is_empty(), "nothing was sent yet");
         t.came_online(Uid(1));
         t.sent(&g("a"), MessageId(10));
-        assert!(t.has_unstored(Uid(2)));
+        assert_eq!(t.unstored_newest(Uid(2)), Some(MessageId(10)));
         assert_eq!(t.seen_if_online(&g("a"), Uid(1)), Some(MessageId(10)));
         assert_eq!(t.seen_if_online(&g("a"), Uid(2)), None);
         t.stored(&g("a"));
-        assert!(!t.has_unstored(Uid(2)));
+        assert!(!t.has_unstored_upto(Uid(2), MessageId(10)));
+        assert_eq!(t.unstored_newest(Uid(2)), None);
         assert_eq!(t.went_offline(Uid(1)), [(g("a"), MessageId(10))]);
         assert!(t.went_offline(Uid(1)).is_empty(), "once");
         // A group emptied while a message is on its way stays until it is written.

@@ -76,7 +76,7 @@ impl Master {
         }
         // A group send needs the table of groups: it is read before anyone can send.
         if !self.router.groups_loaded() {
-            self.router.ask_for_groups();
+            self.router.ask_for_groups(Instant::now());
             self.settle(Instant::now());
             self.pool.flush();
             return Ok(());

@@ -99,6 +99,8 @@ pub struct GroupMessage {
     pub kind: Kind,
     /// `content`'s raw JSON in `frame`; None: kept as `null`.
     pub content: Option<Range<usize>>,
+    /// The member who does not get it (`exclude_uid`).
+    pub exclude: Option<Uid>,
 }
 
 impl GroupMessage {
@@ -119,6 +121,7 @@ impl GroupMessage {
             kind: self.kind(),
             content: self.content(),
             time: self.time,
+            exclude: self.exclude,
         }
     }
 }

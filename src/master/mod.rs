@@ -221,6 +221,13 @@ impl Master {
             cluster.as_ref().map(|c| c.node().to_owned()),
         );
         router.set_max_group_members(s.max_group_members);
+        if config.cluster_enabled() && config.mysql.url.is_empty() {
+            warn!(
+                "cluster without [mysql]: each node keeps messages, and groups' messages and \
+                 members' places, in its own SQLite file; a user gets what was kept for it only \
+                 from the node that kept it. Set mysql.url on every node."
+            );
+        }
         let now = Instant::now();
         let tls_counters = Rc::new(TlsCounters::default());
         let tls = sockets.tls.map(|config| TlsAcceptor {
@@ -235,6 +242,11 @@ impl Master {
                 ApiLimits {
                     max_body: s.max_message_size,
                     request_timeout: Duration::from_secs(s.http_request_timeout),
+                    push_peers: config
+                        .udpsocket_group
+                        .iter()
+                        .filter_map(|p| p.ip.parse().ok())
+                        .collect(),
                 },
                 ProxyTrust {
                     trusted: config.trusted_proxies(),
@@ -397,6 +409,7 @@ impl Master {
         self.api.sweep(now);
         self.gate.prune(now);
         self.router.retry_fetches(now);
+        self.router.prune_waiting_logins(&self.ws);
         self.router.probe_store(now);
         let backlog = self.pool.backlog_bytes() + self.router.store().batched_bytes();
         self.reclaimer.store_backlog(backlog);

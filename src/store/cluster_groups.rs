@@ -96,7 +96,9 @@ impl ClusterStore {
 
     /// Tells every node (this one too) that a group's membership changed.
     fn group_changed(&mut self, join: bool, group: &str, uids: &[Uid]) -> Result<(), StoreError> {
+        let origin = self.node.id();
         let payload = ClusterMessage::Members {
+            origin: &origin,
             group,
             join,
             uids: uids.to_vec(),

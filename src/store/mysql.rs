@@ -35,6 +35,7 @@ const GROUP_SCHEMA: [&str; 3] = [
     type        VARCHAR(32)     NOT NULL,
     content     MEDIUMTEXT      NOT NULL,
     create_time INT UNSIGNED    NOT NULL,
+    exclude_uid BIGINT UNSIGNED NULL,
     KEY grp_id (grp, id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
     "CREATE TABLE IF NOT EXISTS group_member (
@@ -47,7 +48,8 @@ const GROUP_SCHEMA: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS group_owed (
     uid BIGINT UNSIGNED NOT NULL,
     id  BIGINT UNSIGNED NOT NULL,
-    PRIMARY KEY (uid, id)
+    PRIMARY KEY (uid, id),
+    KEY id (id)
 ) ENGINE=InnoDB",
 ];
 
@@ -55,7 +57,7 @@ const GROUP_SCHEMA: [&str; 3] = [
 const GROUP_PENDING: &str = "
 SELECT m.id, m.uid, m.grp, m.type, m.content, m.create_time
   FROM group_member c JOIN group_message m ON m.grp = c.grp AND m.id > c.seen
- WHERE c.uid = ?
+ WHERE c.uid = ? AND (m.exclude_uid IS NULL OR m.exclude_uid <> c.uid)
 UNION
 SELECT m.id, m.uid, m.grp, m.type, m.content, m.create_time
   FROM group_owed o JOIN group_message m ON m.id = o.id
@@ -291,8 +293,8 @@ impl GroupMessages for MysqlStore {
         self.with(|conn| {
             let mut tx = conn.start_transaction(TxOpts::default())?;
             for chunk in messages.chunks(ROWS_PER_INSERT) {
-                let rows = vec!["(?,?,?,?,?,?)"; chunk.len()].join(",");
-                let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 6);
+                let rows = vec!["(?,?,?,?,?,?,?)"; chunk.len()].join(",");
+                let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 7);
                 for m in chunk {
                     params.extend([
                         m.id.0.into(),
@@ -301,11 +303,12 @@ impl GroupMessages for MysqlStore {
                         m.kind.into(),
                         m.content.into(),
                         m.time.into(),
+                        m.exclude.map(|u| u.0).into(),
                     ]);
                 }
                 tx.exec_drop(
                     format!(
-                        "INSERT INTO group_message (id, grp, uid, type, content, create_time)
+                        "INSERT INTO group_message (id, grp, uid, type, content, create_time, exclude_uid)
                          VALUES {rows} ON DUPLICATE KEY UPDATE id = id"
                     ),
                     params,
@@ -358,7 +361,8 @@ impl GroupMessages for MysqlStore {
                         "INSERT IGNORE INTO group_owed (uid, id)
                          SELECT c.uid, m.id FROM group_member c
                            JOIN group_message m ON m.grp = c.grp AND m.id > c.seen
-                          WHERE c.grp = ? AND c.uid IN ({marks})"
+                          WHERE c.grp = ? AND c.uid IN ({marks})
+                            AND (m.exclude_uid IS NULL OR m.exclude_uid <> c.uid)"
                     ),
                     params.clone(),
                 )?;

@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS group_message (
     uid         INTEGER NOT NULL,
     type        TEXT    NOT NULL,
     content     TEXT    NOT NULL,
-    create_time INTEGER NOT NULL
+    create_time INTEGER NOT NULL,
+    exclude_uid INTEGER
 );
 CREATE INDEX IF NOT EXISTS group_message_grp ON group_message (grp, id);
 CREATE TABLE IF NOT EXISTS group_member (
@@ -57,6 +58,7 @@ CREATE TABLE IF NOT EXISTS group_owed (
     id  INTEGER NOT NULL,
     PRIMARY KEY (uid, id)
 );
+CREATE INDEX IF NOT EXISTS group_owed_id ON group_owed (id);
 ";
 
 pub struct SqliteStore {
@@ -416,6 +418,7 @@ mod tests {
             kind: "chat",
             content: "\"hi\"",
             time: 5,
+            exclude: None,
         };
         // Uid 2 joins at 10; uid 3 at 25: nothing from before joining.
         assert_eq!(

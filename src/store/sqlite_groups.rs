@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, TransactionBehavior};
 const GROUP_PENDING: &str = "
 SELECT m.id, m.uid, m.grp, m.type, m.content, m.create_time
   FROM group_member c JOIN group_message m ON m.grp = c.grp AND m.id > c.seen
- WHERE c.uid = ?1
+ WHERE c.uid = ?1 AND (m.exclude_uid IS NULL OR m.exclude_uid <> ?1)
 UNION
 SELECT m.id, m.uid, m.grp, m.type, m.content, m.create_time
   FROM group_owed o JOIN group_message m ON m.id = o.id
@@ -88,8 +88,9 @@ impl GroupMessages for SqliteStore {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO group_message (id, grp, uid, type, content, create_time)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT OR IGNORE INTO group_message
+                     (id, grp, uid, type, content, create_time, exclude_uid)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(store_err)?;
             for m in messages {
@@ -99,7 +100,8 @@ impl GroupMessages for SqliteStore {
                     m.from.0 as i64,
                     m.kind,
                     m.content,
-                    m.time as i64
+                    m.time as i64,
+                    m.exclude.map(|u| u.0 as i64)
                 ])
                 .map_err(store_err)?;
             }
@@ -143,7 +145,8 @@ impl GroupMessages for SqliteStore {
                     "INSERT OR IGNORE INTO group_owed (uid, id)
                      SELECT c.uid, m.id FROM group_member c
                        JOIN group_message m ON m.grp = c.grp AND m.id > MAX(c.seen, ?3)
-                      WHERE c.grp = ?1 AND c.uid = ?2",
+                      WHERE c.grp = ?1 AND c.uid = ?2
+                        AND (m.exclude_uid IS NULL OR m.exclude_uid <> c.uid)",
                 )
                 .map_err(store_err)?;
             let mut remove = tx

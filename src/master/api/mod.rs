@@ -43,16 +43,19 @@ pub struct ApiRequest {
 /// `server.max_message_size`.
 pub const MAX_MEMBERSHIP_BODY: usize = 2 * 1024 * 1024;
 
-/// `server.max_message_size` for every body, but `POST /api/push`'s (a membership change may
-/// be longer; the route refuses a longer message itself).
-struct BodyLimits(usize);
+/// `server.max_message_size` for every body, but `POST /api/push`'s from an address that may
+/// push (a membership change may be longer; the route refuses a longer message itself).
+struct BodyLimits {
+    message: usize,
+    push: usize,
+}
 
 impl http::BodyLimit for BodyLimits {
     fn for_path(&self, path: &str) -> usize {
         if path == "/api/push" {
-            self.0.max(MAX_MEMBERSHIP_BODY)
+            self.push
         } else {
-            self.0
+            self.message
         }
     }
 }
@@ -61,6 +64,9 @@ impl http::BodyLimit for BodyLimits {
 pub struct ApiLimits {
     pub max_body: usize,
     pub request_timeout: Duration,
+    /// Addresses that may push (`udpsocket_group`): only they may send a membership change
+    /// past `max_body`, so that nobody else can make a connection hold `MAX_MEMBERSHIP_BODY`.
+    pub push_peers: Vec<std::net::IpAddr>,
 }
 
 /// Which peers are proxies whose word on the client's address is believed.
@@ -94,6 +100,8 @@ pub struct ApiDoor {
     conns: HashMap<ApiConnId, ApiConn>,
     next: u64,
     max_body: usize,
+    /// Canonical addresses that may push (see `ApiLimits::push_peers`).
+    push_peers: Vec<std::net::IpAddr>,
     request_timeout: Duration,
     trust: ProxyTrust,
     /// Set when the port speaks TLS (`https://`).
@@ -124,6 +132,11 @@ impl ApiDoor {
             conns: HashMap::new(),
             next: 1,
             max_body: limits.max_body,
+            push_peers: limits
+                .push_peers
+                .into_iter()
+                .map(crate::config::canonical_ip)
+                .collect(),
             request_timeout: limits.request_timeout,
             trust,
             tls,
@@ -212,13 +225,25 @@ impl ApiDoor {
         std::mem::take(&mut self.requests)
     }
 
+    /// The longest `POST /api/push` body taken from `peer`.
+    fn push_body(&self, peer: std::net::IpAddr) -> usize {
+        if self.push_peers.contains(&crate::config::canonical_ip(peer)) {
+            self.max_body.max(MAX_MEMBERSHIP_BODY)
+        } else {
+            self.max_body
+        }
+    }
+
     /// Reads and hands over the next request, unless one is already with the master.
     pub fn on_event(&mut self, conn: ApiConnId, now: Instant) {
         if self.scratch.is_empty() {
             self.scratch = vec![0; READ_CHUNK];
         }
         loop {
-            let max = http::MAX_HEAD + self.max_body.max(MAX_MEMBERSHIP_BODY);
+            let Some(peer) = self.conns.get(&conn).map(|c| c.peer.ip()) else {
+                return;
+            };
+            let max = http::MAX_HEAD + self.push_body(peer);
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
@@ -265,13 +290,20 @@ impl ApiDoor {
 
     /// Parses the next buffered request and hands it over (or answers a malformed one).
     fn next_request(&mut self, conn: ApiConnId, now: Instant) {
+        let Some(peer) = self.conns.get(&conn).map(|c| c.peer.ip()) else {
+            return;
+        };
+        let limits = BodyLimits {
+            message: self.max_body,
+            push: self.push_body(peer),
+        };
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         if c.waiting || !c.keep_alive {
             return;
         }
-        match http::parse_request(&c.buf, BodyLimits(self.max_body)) {
+        match http::parse_request(&c.buf, limits) {
             Parsed::Partial => {}
             Parsed::Invalid(status, why) => {
                 c.keep_alive = false;

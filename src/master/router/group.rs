@@ -37,15 +37,11 @@ impl Router {
 
     /// At start: the groups are read from the store before the doors open (asked once; asked
     /// again if the read fails).
-    pub fn ask_for_groups(&mut self) {
-        if !self.groups_asked {
+    pub fn ask_for_groups(&mut self, now: std::time::Instant) {
+        if !self.groups_asked && self.groups_ask_after.is_none_or(|at| now >= at) {
             self.groups_asked = true;
-            self.load_groups();
+            self.task(0, &Task::GroupLoad, Origin::GroupLoad);
         }
-    }
-
-    fn load_groups(&mut self) {
-        self.task(0, &Task::GroupLoad, Origin::GroupLoad);
     }
 
     pub fn groups_loaded(&self) -> bool {
@@ -62,8 +58,10 @@ impl Router {
                 log::info!("{n} group(s) loaded");
             }
             other => {
-                log::warn!("groups could not be read ({other:?}); asking again");
-                self.load_groups();
+                log::warn!("groups could not be read ({other:?}); asking again in a second");
+                self.groups_asked = false;
+                self.groups_ask_after =
+                    Some(std::time::Instant::now() + std::time::Duration::from_secs(1));
             }
         }
     }
@@ -89,16 +87,26 @@ impl Router {
                 ),
             };
         }
-        // Members get what is sent after they join, nothing before.
+        // Members get what is sent after they join, nothing before: from now on in this
+        // node's table (taken back if the store refuses), so that what is sent while the store
+        // writes them reaches those online here, and is held for those logging in.
         let at = self.ids.next_id();
         let task = Task::GroupJoin {
             group: group.as_str(),
             uids: uids.clone(),
             at,
         };
+        let newcomers: Vec<Uid> = uids
+            .iter()
+            .copied()
+            .filter(|u| !self.groups.is_member(&group, *u))
+            .collect();
+        let registry = &self.registry;
+        self.groups
+            .join(&group, &newcomers, |u| registry.is_online(u));
         let origin = Origin::Group {
             to,
-            change: GroupChange::Join(group.clone(), uids),
+            change: GroupChange::Join(group.clone(), newcomers),
         };
         self.task(group_key(&group), &task, origin);
         PushOutcome::Later
@@ -186,14 +194,24 @@ impl Router {
     pub fn group_answered(&mut self, to: ReplyTo, change: GroupChange, reply: Reply) {
         let (status, body) = match reply {
             Reply::Members(n) => {
-                self.apply_group_change(&change);
+                // A join is in the table since it was asked.
+                if let GroupChange::Leave(..) = change {
+                    self.apply_group_change(&change);
+                }
                 (200, members_body(n))
             }
-            Reply::Failed(why) => {
-                let status = crate::master::apply::failure_status(&why);
-                (status, error_body(status, &why.to_string()))
+            other => {
+                if let GroupChange::Join(group, newcomers) = &change {
+                    self.groups.leave(group, newcomers);
+                }
+                match other {
+                    Reply::Failed(why) => {
+                        let status = crate::master::apply::failure_status(&why);
+                        (status, error_body(status, &why.to_string()))
+                    }
+                    _ => (500, error_body(500, "unexpected answer")),
+                }
             }
-            _ => (500, error_body(500, "unexpected answer")),
         };
         self.actions.push(super::Action::Reply { to, status, body });
     }

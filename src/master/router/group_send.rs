@@ -45,6 +45,7 @@ impl Router {
             frame: f.frame,
             kind: Kind::from_name(data.kind()),
             content: f.content,
+            exclude,
         });
         let delivered = self.send_to_group(ws, &message, exclude, None, now);
         PushOutcome::delivered(Some(id), delivered)
@@ -93,6 +94,7 @@ impl Router {
             frame,
             kind: Kind::Named(kind),
             content: Some(layout.content),
+            exclude: None,
         });
         self.send_to_group(ws, &message, None, Some(conn), now);
         ws.send(conn, Outgoing::Frame(ack), now);
@@ -260,7 +262,9 @@ impl Router {
         frame: &[u8],
         now: Instant,
     ) {
-        if self.groups.online_members(&group).next().is_none() {
+        if self.groups.online_members(&group).next().is_none()
+            && self.groups.arriving_members(&group).next().is_none()
+        {
             return;
         }
         let wire = frames::text(frame);
@@ -275,6 +279,7 @@ impl Router {
                 .content
                 .map(|(at, len)| header + at as usize..header + at as usize + len as usize),
             frame: wire,
+            exclude,
         });
         self.deliver_to_group(ws, &message, exclude, None, now);
         self.groups.relayed(&message.group, message.id);
@@ -285,12 +290,31 @@ impl Router {
     pub fn group_stored(&mut self, group: &GroupName, now: Instant) {
         self.groups.stored(group);
         let waiting = std::mem::take(&mut self.waiting_logins);
-        for (conn, login) in waiting {
-            if self.groups.has_unstored(login.uid) {
-                self.waiting_logins.push((conn, login));
+        for (conn, login, upto) in waiting {
+            if self.groups.has_unstored_upto(login.uid, upto) {
+                self.waiting_logins.push((conn, login, upto));
             } else {
                 self.submit_login(conn, login, now);
             }
+        }
+    }
+
+    /// Logins waiting for a group message whose client has gone (or whose handshake deadline
+    /// passed): what was held for them is owed, and they are forgotten.
+    pub fn prune_waiting_logins<S: Transport>(&mut self, ws: &Sessions<S>) {
+        if self.waiting_logins.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.waiting_logins);
+        for (conn, login, upto) in waiting {
+            if ws.is_logging_in(conn) {
+                self.waiting_logins.push((conn, login, upto));
+                continue;
+            }
+            let uid = login.uid;
+            self.groups.arrived(uid);
+            self.settle_held(uid, &Reply::Ok);
+            self.take_done(uid, true, false);
         }
     }
 

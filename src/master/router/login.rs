@@ -23,9 +23,10 @@ impl Router {
         self.begin_hold(login.uid);
         self.backlogs.take_started(login.uid);
         self.groups.arriving(login.uid);
-        if self.groups.has_unstored(login.uid) {
-            // The take would miss a group message on its way to the store (see `group`).
-            self.waiting_logins.push((conn, login));
+        if let Some(upto) = self.groups.unstored_newest(login.uid) {
+            // The take would miss the group messages on their way to the store: it waits for
+            // those sent until now (later ones are held for it, see `group_send`).
+            self.waiting_logins.push((conn, login, upto));
             return;
         }
         self.submit_login(conn, login, now);
@@ -210,7 +211,7 @@ impl Router {
 
     /// A take of `uid`'s kept messages has been handled: take again, wait for a connection to
     /// catch up, or end its backlog (see `backlog`).
-    fn take_done(&mut self, uid: Uid, all_sent: bool, more: bool) {
+    pub(super) fn take_done(&mut self, uid: Uid, all_sent: bool, more: bool) {
         if !self.registry.is_online(uid) {
             // What is kept comes at its next login.
             self.backlogs.forget(uid);

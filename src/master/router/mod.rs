@@ -165,9 +165,10 @@ pub struct Router {
     max_group_members: usize,
     /// Logins whose take waits for a group message to be written first (see
     /// `Groups::has_unstored`).
-    waiting_logins: Vec<(ConnId, Credentials)>,
-    /// The start-up read of the groups was asked for.
+    waiting_logins: Vec<(ConnId, Credentials, MessageId)>,
+    /// The start-up read of the groups was asked for (and, after a failure, when again).
     groups_asked: bool,
+    groups_ask_after: Option<Instant>,
     /// Group messages sent to members while a take of their messages was with a worker: owed
     /// to them once the take is answered, but those it brought (see `group::settle_held`).
     held_group: HashMap<Uid, Vec<MessageId>>,
@@ -190,6 +191,7 @@ impl Router {
             max_group_members: usize::MAX,
             waiting_logins: Vec::new(),
             groups_asked: false,
+            groups_ask_after: None,
             held_group: HashMap::new(),
         }
     }

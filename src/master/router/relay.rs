@@ -323,8 +323,14 @@ impl Router {
                     self.group_relayed(ws, group, exclude, &meta, frame, now);
                 }
             }
-            ClusterMessage::Members { group, join, uids } => {
-                if let Some(group) = GroupName::new(group) {
+            ClusterMessage::Members {
+                origin,
+                group,
+                join,
+                uids,
+            } => {
+                let from_here = self.relay.as_ref().is_some_and(|r| r.node == origin);
+                if let (false, Some(group)) = (from_here, GroupName::new(group)) {
                     self.group_changed_elsewhere(if join {
                         super::GroupChange::Join(group, uids)
                     } else {
@@ -387,6 +393,10 @@ impl Router {
             self.task(PRESENCE_KEY, &Task::GroupNodes(nodes), Origin::Cluster);
         }
         self.groups.take_transitions();
+        // Membership changes published while the subscription was away were missed: the
+        // table is read again.
+        self.groups_asked = false;
+        self.ask_for_groups(std::time::Instant::now());
         let uids: Vec<Uid> = self.registry.users().map(|(uid, _)| uid).collect();
         for uid in uids {
             self.fetch(uid);
