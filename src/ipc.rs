@@ -116,6 +116,8 @@ pub enum Task<'a> {
     GroupOnline(Vec<Uid>),
     /// Cluster: this node has a member of each group online (true), or none any more.
     GroupNodes(#[serde(borrow)] Vec<(&'a str, bool)>),
+    /// How many messages wait for `uid` (the dashboard's look-up); answered with `Waiting`.
+    CountPending(Uid),
     /// Cluster: publish a group message to the other nodes with a member online; answered
     /// with `Routed`.
     GroupRoute {
@@ -466,6 +468,11 @@ pub enum Reply {
     Groups(Vec<(String, Vec<Uid>)>),
     /// The uids of a `GroupOnline` that are online.
     Online(Vec<Uid>),
+    /// Messages waiting for a uid's next login: one-to-one, and group ones.
+    Waiting {
+        chats: u64,
+        groups: u64,
+    },
     /// A `Heartbeat`'s view of the live nodes.
     Nodes(Vec<NodeSeen>),
 }

@@ -201,7 +201,8 @@ fn the_dashboard_plots_live_traffic_and_kicks() {
             &a,
             "the look-up of 801",
             "document.getElementById('result').textContent.includes('\"online_here\": true') \
-             && document.getElementById('result').textContent.includes('\"source\": \"app\"')",
+             && document.getElementById('result').textContent.includes('\"source\": \"app\"') \
+             && document.getElementById('result').textContent.includes('\"waiting\": {')",
             STATE,
         );
         b.click(&a, "push");

@@ -175,6 +175,7 @@ impl Master {
                 }
             }
             Origin::Ping { slot } => self.ping_answered(slot, &reply),
+            Origin::AdminUser { conn, found } => self.admin_user_answered(conn, found, reply, now),
             Origin::Group { to, change } => self.router.group_answered(to, change, reply),
             Origin::GroupStored { group } => {
                 self.router.group_stored(&group, now);

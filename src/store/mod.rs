@@ -77,6 +77,9 @@ pub trait MessageStore: groups::GroupMessages {
         limit: TakeLimit,
         now: u64,
     ) -> Result<Vec<PendingMessage>, StoreError>;
+    /// How many messages wait for `uid`'s next login: one-to-one, and group ones (a look-up
+    /// for the dashboard).
+    fn count_pending(&mut self, uid: Uid) -> Result<(u64, u64), StoreError>;
     /// Marks taken messages undelivered again (their recipient, `uid`, did not get them); a
     /// group message among them is owed to `uid` again.
     fn requeue(&mut self, uid: Uid, ids: &[MessageId], now: u64) -> Result<(), StoreError>;

@@ -203,6 +203,26 @@ impl MessageStore for MysqlStore {
         })
     }
 
+    fn count_pending(&mut self, uid: Uid) -> Result<(u64, u64), StoreError> {
+        self.with(|conn| {
+            let chats: Option<u64> = conn.exec_first(
+                "SELECT COUNT(*) FROM chat WHERE to_uid = ? AND state = 0",
+                (uid.0,),
+            )?;
+            let groups: Option<u64> = conn.exec_first(
+                "SELECT COUNT(*) FROM (
+                 SELECT m.id FROM group_member c
+                   JOIN group_message m ON m.grp = c.grp AND m.id > c.seen
+                  WHERE c.uid = ? AND (m.exclude_uid IS NULL OR m.exclude_uid <> c.uid)
+                 UNION
+                 SELECT o.id FROM group_owed o JOIN group_message m ON m.id = o.id
+                  WHERE o.uid = ?) owed",
+                (uid.0, uid.0),
+            )?;
+            Ok((chats.unwrap_or(0), groups.unwrap_or(0)))
+        })
+    }
+
     fn requeue(&mut self, uid: Uid, ids: &[MessageId], now: u64) -> Result<(), StoreError> {
         self.with(|conn| {
             let mut tx = conn.start_transaction(TxOpts::default())?;

@@ -227,6 +227,15 @@ impl MessageStore for SqliteStore {
         Ok(taken)
     }
 
+    fn count_pending(&mut self, uid: Uid) -> Result<(u64, u64), StoreError> {
+        let chats = self.count(
+            "SELECT COUNT(*) FROM chat WHERE to_uid = ?1 AND state = 0",
+            uid,
+        )?;
+        let groups = self.count(super::sqlite_groups::GROUP_PENDING_COUNT, uid)?;
+        Ok((chats, groups))
+    }
+
     fn requeue(&mut self, uid: Uid, ids: &[MessageId], now: u64) -> Result<(), StoreError> {
         let tx = self
             .db
@@ -240,6 +249,15 @@ impl MessageStore for SqliteStore {
 }
 
 impl SqliteStore {
+    pub(super) fn count(&self, sql: &str, uid: Uid) -> Result<u64, StoreError> {
+        self.db
+            .prepare_cached(sql)
+            .map_err(store_err)?
+            .query_row(params![uid.0 as i64], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(store_err)
+    }
+
     fn read_chats(&mut self, uid: Uid, rows: usize) -> Result<Vec<PendingMessage>, StoreError> {
         read_chats(&self.db, uid, rows)
     }

@@ -80,6 +80,10 @@ impl Stores {
             }
             Task::GroupOwed { uid, ids } => self.messages.group_owed(uid, &ids).map(|_| Reply::Ok),
             Task::GroupLoad => self.group_load(),
+            Task::CountPending(uid) => self
+                .messages
+                .count_pending(uid)
+                .map(|(chats, groups)| Reply::Waiting { chats, groups }),
             Task::GroupPurge { before } => self.messages.group_purge(before).map(|n| {
                 if n > 0 {
                     log::info!("{n} group message(s) past their retention forgotten");
@@ -261,6 +265,7 @@ fn cluster_task_reply(cluster: &mut ClusterStore, task: Task<'_>) -> Result<Repl
         | Task::GroupSeen { .. }
         | Task::GroupOwed { .. }
         | Task::GroupLoad
+        | Task::CountPending(_)
         | Task::GroupPurge { .. } => Reply::Failed(TaskFailure::NotClustered),
     })
 }

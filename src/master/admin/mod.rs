@@ -86,7 +86,10 @@ impl Master {
         };
         let answer = match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/api/admin/history") => Ok(self.admin_history(req, now)),
-            ("GET", "/api/admin/user") => Ok(self.admin_user(req)),
+            ("GET", "/api/admin/user") => match self.admin_user(&r) {
+                Some(answer) => Ok(answer),
+                None => return, // answered with the store's count
+            },
             ("POST", "/api/admin/push") => match self.admin_push(&r, &key, now) {
                 Some(answer) => Ok(answer),
                 None => return, // answered when the cluster has
@@ -169,9 +172,11 @@ impl Master {
     }
 
     /// The uid's connections on this node: source, connection id, device, client address.
-    fn admin_user(&self, req: &Request) -> (u16, String) {
-        let Some(uid) = req.param("uid").as_deref().and_then(parse_uid) else {
-            return (400, http::error_body(400, "uid must be a uid"));
+    /// A uid's connections here; the messages waiting for it come from the store (None: the
+    /// answer goes once the store has counted).
+    fn admin_user(&mut self, r: &ApiRequest) -> Option<(u16, String)> {
+        let Some(uid) = r.request.param("uid").as_deref().and_then(parse_uid) else {
+            return Some((400, http::error_body(400, "uid must be a uid")));
         };
         let connections: Vec<Value> = self
             .router
@@ -184,14 +189,49 @@ impl Master {
             })
             .collect();
         let (ip, port) = self.config.node_address();
-        let body = json!({
+        let found = json!({
             "code": 0,
             "uid": uid.to_string(),
             "node": format!("{ip}:{port}"),
             "online_here": !connections.is_empty(),
             "connections": connections,
         });
-        (200, body.to_string())
+        match crate::ipc::encode_task(&crate::ipc::Task::CountPending(uid)) {
+            Ok(body) => {
+                let origin = crate::master::router::Origin::AdminUser {
+                    conn: r.conn,
+                    found,
+                };
+                self.pool.submit(uid.0, body, origin);
+                None
+            }
+            Err(_) => Some((200, found.to_string())),
+        }
+    }
+
+    /// The store counted what waits for the uid looked up (or could not: `waiting` is null).
+    pub(crate) fn admin_user_answered(
+        &mut self,
+        conn: crate::master::api::ApiConnId,
+        mut found: Value,
+        reply: crate::ipc::Reply,
+        now: Instant,
+    ) {
+        found["waiting"] = match reply {
+            crate::ipc::Reply::Waiting { chats, groups } => {
+                json!({"chats": chats, "groups": groups})
+            }
+            _ => Value::Null,
+        };
+        let body = found.to_string();
+        self.api.answer_with(
+            conn,
+            200,
+            "application/json",
+            &DATA_HEADERS,
+            body.as_bytes(),
+            now,
+        );
     }
 
     /// A push as `/api/push` takes it, the dashboard's key as its secret. None: the answer

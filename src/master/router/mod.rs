@@ -90,6 +90,12 @@ pub enum Origin {
     },
     /// The start-up read of every group.
     GroupLoad,
+    /// The dashboard's look-up of a uid: what was found here, waiting for the store's count
+    /// of its messages waiting.
+    AdminUser {
+        conn: ApiConnId,
+        found: serde_json::Value,
+    },
     /// Cluster: which members of a group are online on some node.
     GroupOnline {
         to: ReplyTo,
