@@ -177,10 +177,9 @@ impl Master {
             Origin::Ping { slot } => self.ping_answered(slot, &reply),
             Origin::AdminUser { conn, found } => self.admin_user_answered(conn, found, reply, now),
             Origin::Group { to, change } => self.router.group_answered(to, change, reply),
-            Origin::GroupStored { group } => {
-                self.router.group_stored(&group, now);
-                self.router.store_answered(key, body, false, reply, now);
-            }
+            Origin::GroupStored { group, id, retry } => self
+                .router
+                .group_write_answered(key, body, group, id, retry, reply, now),
             Origin::GroupLoad => self.router.groups_answered(reply),
             Origin::GroupOnline { to, uids } => self.router.group_online_answered(to, uids, reply),
             Origin::Presence { welcome } => {

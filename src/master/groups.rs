@@ -20,6 +20,21 @@ struct Group {
     /// Messages of this group sent to the store and not written yet, oldest first (one worker
     /// slot writes a group's messages, in order).
     unstored: std::collections::VecDeque<MessageId>,
+    /// Messages whose write failed and waits to be tried again.
+    failed: std::collections::BTreeSet<MessageId>,
+}
+
+impl Group {
+    /// How far a member online here has had this group's messages: up to the newest sent
+    /// here, but before one whose write failed (a take may have missed it; if the member had
+    /// it live, it comes again rather than never). One still with a worker does not count:
+    /// takes wait for those.
+    fn had_upto(&self) -> MessageId {
+        match self.failed.first() {
+            Some(id) => self.last.min(MessageId(id.0.saturating_sub(1))),
+            None => self.last,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -123,7 +138,7 @@ impl Groups {
             .get(&uid)
             .into_iter()
             .flatten()
-            .filter_map(|n| self.table.get(n).map(|g| (n.clone(), g.last)))
+            .filter_map(|n| self.table.get(n).map(|g| (n.clone(), g.had_upto())))
             .filter(|(_, last)| *last != MessageId::default())
             .collect()
     }
@@ -209,7 +224,7 @@ impl Groups {
         if !before && g.online.is_empty() {
             self.transitions.push((group.clone(), false));
         }
-        if g.members.is_empty() && g.unstored.is_empty() {
+        if g.members.is_empty() && g.unstored.is_empty() && g.failed.is_empty() {
             self.table.remove(group);
         }
     }
@@ -220,7 +235,7 @@ impl Groups {
         self.table
             .get(group)
             .filter(|g| g.online.contains(&uid))
-            .map(|g| g.last)
+            .map(Group::had_upto)
     }
 
     /// `uid` has its first connection on this node.
@@ -246,8 +261,8 @@ impl Groups {
                 if g.online.is_empty() {
                     self.transitions.push((name.clone(), false));
                 }
-                if g.last != MessageId::default() {
-                    seen.push((name.clone(), g.last));
+                if g.had_upto() != MessageId::default() {
+                    seen.push((name.clone(), g.had_upto()));
                 }
             }
         }
@@ -269,11 +284,26 @@ impl Groups {
         }
     }
 
-    /// The store has answered for one of `group`'s messages.
-    pub fn stored(&mut self, group: &GroupName) {
+    /// The store has answered for the oldest of `group`'s messages with a worker: written
+    /// (`failed` None), or not, to be tried again (then it stays unwritten until
+    /// `failed_written`).
+    pub fn stored(&mut self, group: &GroupName, failed: Option<MessageId>) {
         if let Some(g) = self.table.get_mut(group) {
             g.unstored.pop_front();
-            if g.members.is_empty() && g.unstored.is_empty() {
+            if let Some(id) = failed {
+                g.failed.insert(id);
+            }
+            if g.members.is_empty() && g.unstored.is_empty() && g.failed.is_empty() {
+                self.table.remove(group);
+            }
+        }
+    }
+
+    /// A write that had failed went in (or was given up).
+    pub fn failed_written(&mut self, group: &GroupName, id: MessageId) {
+        if let Some(g) = self.table.get_mut(group) {
+            g.failed.remove(&id);
+            if g.members.is_empty() && g.unstored.is_empty() && g.failed.is_empty() {
                 self.table.remove(group);
             }
         }
@@ -367,7 +397,7 @@ mod tests {
         assert_eq!(t.unstored_newest(Uid(2)), Some(MessageId(10)));
         assert_eq!(t.seen_if_online(&g("a"), Uid(1)), Some(MessageId(10)));
         assert_eq!(t.seen_if_online(&g("a"), Uid(2)), None);
-        t.stored(&g("a"));
+        t.stored(&g("a"), None);
         assert!(!t.has_unstored_upto(Uid(2), MessageId(10)));
         assert_eq!(t.unstored_newest(Uid(2)), None);
         assert_eq!(t.went_offline(Uid(1)), [(g("a"), MessageId(10))]);
@@ -376,7 +406,7 @@ mod tests {
         t.sent(&g("a"), MessageId(11));
         t.leave(&g("a"), &[Uid(1), Uid(2)]);
         assert_eq!(t.member_count(&g("a")), 0);
-        t.stored(&g("a"));
+        t.stored(&g("a"), None);
         assert!(t.members(&g("a")).is_none());
     }
 }

@@ -30,6 +30,7 @@ impl Master {
                         && self.api.is_empty()
                         && self.pool.is_idle()
                         && self.router.store().is_idle()
+                        && self.router.group_writes_waiting() == 0
                         && self.cluster.as_ref().is_none_or(Cluster::idle))
             }
         }
@@ -39,7 +40,7 @@ impl Master {
         if !self.pool.is_idle() {
             warn!("stopping with task(s) still in flight after the shutdown timeout");
         }
-        let waiting = self.router.store().pending_writes();
+        let waiting = self.router.store().pending_writes() + self.router.group_writes_waiting();
         if waiting > 0 {
             error!("stopping with {waiting} message(s) the store never accepted: they are lost");
         }

@@ -410,6 +410,7 @@ impl Master {
         self.gate.prune(now);
         self.router.retry_fetches(now);
         self.router.prune_waiting_logins(&self.ws);
+        self.router.retry_group_writes(now);
         self.router.probe_store(now);
         let backlog = self.pool.backlog_bytes() + self.router.store().batched_bytes();
         self.reclaimer.store_backlog(backlog);

@@ -13,6 +13,9 @@ use std::collections::HashMap;
 pub trait GroupMessages {
     /// Keeps group messages (an id already kept is left as it is).
     fn group_insert(&mut self, messages: &[StoredGroupMessage<'_>]) -> Result<(), StoreError>;
+    /// Keeps a group message written late (its first write failed) and owes it to the members
+    /// whose place has passed it meanwhile.
+    fn group_insert_late(&mut self, message: &StoredGroupMessage<'_>) -> Result<(), StoreError>;
     /// `uids` are members of `group` from `at` on (a member already is stays as it was);
     /// answers the number of members after.
     fn group_join(&mut self, group: &str, uids: &[Uid], at: MessageId) -> Result<u64, StoreError>;

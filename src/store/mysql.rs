@@ -338,6 +338,19 @@ impl GroupMessages for MysqlStore {
         })
     }
 
+    fn group_insert_late(&mut self, m: &StoredGroupMessage<'_>) -> Result<(), StoreError> {
+        self.group_insert(std::slice::from_ref(m))?;
+        let exclude = m.exclude.map(|u| u.0);
+        self.with(|conn| {
+            conn.exec_drop(
+                "INSERT IGNORE INTO group_owed (uid, id)
+                 SELECT uid, ? FROM group_member
+                  WHERE grp = ? AND seen >= ? AND (? IS NULL OR uid <> ?)",
+                (m.id.0, m.group, m.id.0, exclude, exclude),
+            )
+        })
+    }
+
     fn group_join(&mut self, group: &str, uids: &[Uid], at: MessageId) -> Result<u64, StoreError> {
         self.with(|conn| {
             let mut tx = conn.start_transaction(TxOpts::default())?;

@@ -486,6 +486,9 @@ mod tests {
         );
         assert_eq!(s.group_purge(MessageId(55)).expect("purge"), 4);
         assert_eq!(take(&mut s, 3), [(60, g)]);
+        // Written late (its first write failed): owed to whoever's place passed it.
+        s.group_insert_late(&group_msg(58)).expect("late");
+        assert_eq!(take(&mut s, 3), [(58, Some("g".to_string()))]);
         let _ = std::fs::remove_dir_all(dir);
     }
 

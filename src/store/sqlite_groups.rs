@@ -117,6 +117,24 @@ impl GroupMessages for SqliteStore {
         tx.commit().map_err(store_err)
     }
 
+    fn group_insert_late(&mut self, m: &StoredGroupMessage<'_>) -> Result<(), StoreError> {
+        self.group_insert(std::slice::from_ref(m))?;
+        self.db
+            .prepare_cached(
+                "INSERT OR IGNORE INTO group_owed (uid, id)
+                 SELECT uid, ?2 FROM group_member
+                  WHERE grp = ?1 AND seen >= ?2 AND uid <> IFNULL(?3, -1)",
+            )
+            .map_err(store_err)?
+            .execute(params![
+                m.group,
+                m.id.0 as i64,
+                m.exclude.map(|u| u.0 as i64)
+            ])
+            .map_err(store_err)?;
+        Ok(())
+    }
+
     fn group_join(&mut self, group: &str, uids: &[Uid], at: MessageId) -> Result<u64, StoreError> {
         let tx = self
             .db

@@ -80,6 +80,7 @@ impl Stores {
             }
             Task::GroupOwed { uid, ids } => self.messages.group_owed(uid, &ids).map(|_| Reply::Ok),
             Task::GroupLoad => self.group_load(),
+            Task::GroupStoreLate(m) => self.messages.group_insert_late(&m).map(|_| Reply::Ok),
             Task::CountPending(uid) => self
                 .messages
                 .count_pending(uid)
@@ -265,6 +266,7 @@ fn cluster_task_reply(cluster: &mut ClusterStore, task: Task<'_>) -> Result<Repl
         | Task::GroupSeen { .. }
         | Task::GroupOwed { .. }
         | Task::GroupLoad
+        | Task::GroupStoreLate(_)
         | Task::CountPending(_)
         | Task::GroupPurge { .. } => Reply::Failed(TaskFailure::NotClustered),
     })

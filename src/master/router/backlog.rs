@@ -43,7 +43,12 @@ impl Backlogs {
 
     /// A take of `uid`'s kept messages is with a worker.
     pub fn taking(&self, uid: Uid) -> bool {
-        self.uids.get(&uid).is_some_and(|s| s.takes > 0)
+        self.takes(uid) > 0
+    }
+
+    /// How many takes of `uid`'s kept messages are with a worker.
+    pub fn takes(&self, uid: Uid) -> u32 {
+        self.uids.get(&uid).map_or(0, |s| s.takes)
     }
 
     /// A take of `uid`'s kept messages went to a worker.

@@ -18,6 +18,29 @@ use crate::protocol::push::PushData;
 use std::rc::Rc;
 use std::time::Instant;
 
+/// Group messages held for a member while takes of its messages are with a worker, and those
+/// the takes answered so far brought.
+#[derive(Debug, Default)]
+pub struct Held {
+    ids: Vec<MessageId>,
+    brought: std::collections::HashSet<MessageId>,
+}
+
+/// A group message's failed write, waiting to be tried again.
+#[derive(Debug)]
+pub struct GroupRetry {
+    key: u64,
+    body: bytes::Bytes,
+    group: GroupName,
+    id: MessageId,
+    at: Instant,
+}
+
+/// How long a failed group write waits before it is tried again.
+const GROUP_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+/// The most failed group writes kept for another try (past it the oldest is given up).
+const MAX_GROUP_RETRIES: usize = 100_000;
+
 impl Router {
     /// `to_group` from a pusher: delivered to every member connection but `exclude`'s.
     pub(super) fn push_to_group<S: Transport>(
@@ -117,6 +140,8 @@ impl Router {
         let task = Task::GroupStore(message.stored());
         let origin = Origin::GroupStored {
             group: message.group.clone(),
+            id: message.id,
+            retry: false,
         };
         self.task(group_key(&message.group), &task, origin);
         if let Some(relay) = self.relay.as_ref() {
@@ -208,7 +233,7 @@ impl Router {
             delivered += took;
         }
         for uid in taking.into_iter().filter(|u| Some(*u) != exclude) {
-            self.held_group.entry(uid).or_default().push(message.id);
+            self.held_group.entry(uid).or_default().ids.push(message.id);
         }
         for uid in owed {
             self.owe(uid, vec![message.id]);
@@ -218,14 +243,28 @@ impl Router {
 
     /// A take of `uid`'s messages was answered: the group messages sent to it meanwhile are
     /// owed to it, but those the take brought (a take may see a message stored in time).
+    /// With two takes out (two devices logging in), it is settled when the last answers, so
+    /// that what one brought is not owed again.
     pub(super) fn settle_held(&mut self, uid: Uid, reply: &Reply) {
-        let Some(mut held) = self.held_group.remove(&uid) else {
+        let last = self.backlogs.takes(uid) <= 1;
+        let Some(held) = self.held_group.get_mut(&uid) else {
             return;
         };
         if let Reply::Pending { frames, .. } = reply {
-            held.retain(|id| !frames.iter().any(|f| f.id == *id));
+            held.brought.extend(frames.iter().map(|f| f.id));
         }
-        self.owe(uid, held);
+        if !last {
+            return;
+        }
+        let Some(held) = self.held_group.remove(&uid) else {
+            return;
+        };
+        let owed: Vec<MessageId> = held
+            .ids
+            .into_iter()
+            .filter(|id| !held.brought.contains(id))
+            .collect();
+        self.owe(uid, owed);
     }
 
     /// `uid` starts to have its new messages held (a take, or a wait for its queues to drain):
@@ -285,16 +324,105 @@ impl Router {
         self.groups.relayed(&message.group, message.id);
     }
 
-    /// A group message was written (or failed, and waits for a retry with the other writes):
-    /// logins that waited for it go on.
-    pub fn group_stored(&mut self, group: &GroupName, now: Instant) {
-        self.groups.stored(group);
+    /// A group message's write was answered. A failed one is tried again later and counts as
+    /// not written until it is (members' places stop before it); the others' logins go on.
+    #[allow(clippy::too_many_arguments)]
+    pub fn group_write_answered(
+        &mut self,
+        key: u64,
+        body: bytes::Bytes,
+        group: GroupName,
+        id: MessageId,
+        retry: bool,
+        reply: Reply,
+        now: Instant,
+    ) {
+        let again = match reply {
+            Reply::Failed(crate::ipc::TaskFailure::StoreRefused) => {
+                log::error!("the store refused group message {id} of {group}: it is not kept");
+                self.stats.store_refused += 1;
+                false
+            }
+            Reply::Failed(why) => {
+                log::warn!("group message {id} of {group} not written ({why}): trying again");
+                true
+            }
+            _ => false,
+        };
+        match (retry, again) {
+            (false, false) => self.group_stored(&group, None, now),
+            (false, true) => self.group_stored(&group, Some(id), now),
+            (true, false) => self.groups.failed_written(&group, id),
+            (true, true) => {}
+        }
+        if again {
+            if self.group_retries.len() >= MAX_GROUP_RETRIES {
+                if let Some(dropped) = self.group_retries.pop_front() {
+                    log::error!(
+                        "too many group messages wait to be written: {} of {} is lost",
+                        dropped.id,
+                        dropped.group
+                    );
+                    self.groups.failed_written(&dropped.group, dropped.id);
+                }
+            }
+            // Tried again as a late write: takes may have gone on without it.
+            let late = match crate::ipc::decode::<Task>(&body) {
+                Ok(Task::GroupStore(m)) => crate::ipc::encode_task(&Task::GroupStoreLate(m)).ok(),
+                _ => None,
+            };
+            self.group_retries.push_back(GroupRetry {
+                key,
+                body: late.unwrap_or(body),
+                group,
+                id,
+                at: now + GROUP_RETRY_AFTER,
+            });
+        }
+    }
+
+    /// Group messages whose failed write waits to be tried again.
+    pub fn group_writes_waiting(&self) -> usize {
+        self.group_retries.len()
+    }
+
+    /// Group writes that failed, tried again once their time has come (a sweep's work).
+    pub fn retry_group_writes(&mut self, now: Instant) {
+        while self.group_retries.front().is_some_and(|r| r.at <= now) {
+            let Some(r) = self.group_retries.pop_front() else {
+                break;
+            };
+            let origin = Origin::GroupStored {
+                group: r.group,
+                id: r.id,
+                retry: true,
+            };
+            self.actions.push(super::Action::Task {
+                key: r.key,
+                body: r.body,
+                origin,
+            });
+        }
+    }
+
+    /// The oldest write with a worker for `group` was answered: logins that waited for it go
+    /// on.
+    fn group_stored(&mut self, group: &GroupName, failed: Option<MessageId>, now: Instant) {
+        self.groups.stored(group, failed);
         let waiting = std::mem::take(&mut self.waiting_logins);
         for (conn, login, upto) in waiting {
             if self.groups.has_unstored_upto(login.uid, upto) {
                 self.waiting_logins.push((conn, login, upto));
             } else {
                 self.submit_login(conn, login, now);
+            }
+        }
+        let waiting = std::mem::take(&mut self.waiting_fetches);
+        for (uid, upto) in waiting {
+            if self.groups.has_unstored_upto(uid, upto) {
+                self.waiting_fetches.push((uid, upto));
+            } else {
+                self.submit_fetch_now(uid);
             }
         }
     }

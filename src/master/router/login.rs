@@ -238,7 +238,16 @@ impl Router {
         self.submit_fetch(uid);
     }
 
-    fn submit_fetch(&mut self, uid: Uid) {
+    pub(super) fn submit_fetch(&mut self, uid: Uid) {
+        if let Some(upto) = self.groups.unstored_newest(uid) {
+            // As a login's take: a group message owed to it may not be written yet.
+            self.waiting_fetches.push((uid, upto));
+            return;
+        }
+        self.submit_fetch_now(uid);
+    }
+
+    pub(super) fn submit_fetch_now(&mut self, uid: Uid) {
         self.submit_store_batches();
         self.task(
             uid.0,

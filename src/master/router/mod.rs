@@ -84,9 +84,12 @@ pub enum Origin {
         to: ReplyTo,
         change: GroupChange,
     },
-    /// A group message's write: logins waiting for it go on when it is answered.
+    /// A group message's write (`retry`: tried again after it failed); logins waiting for it
+    /// go on when it is answered.
     GroupStored {
         group: GroupName,
+        id: MessageId,
+        retry: bool,
     },
     /// The start-up read of every group.
     GroupLoad,
@@ -172,12 +175,16 @@ pub struct Router {
     /// Logins whose take waits for a group message to be written first (see
     /// `Groups::has_unstored`).
     waiting_logins: Vec<(ConnId, Credentials, MessageId)>,
+    /// Fetches waiting the same way.
+    waiting_fetches: Vec<(Uid, MessageId)>,
     /// The start-up read of the groups was asked for (and, after a failure, when again).
     groups_asked: bool,
     groups_ask_after: Option<Instant>,
+    /// Group messages whose write failed: tried again (by themselves, on their group's slot).
+    group_retries: std::collections::VecDeque<group_send::GroupRetry>,
     /// Group messages sent to members while a take of their messages was with a worker: owed
     /// to them once the take is answered, but those it brought (see `group::settle_held`).
-    held_group: HashMap<Uid, Vec<MessageId>>,
+    held_group: HashMap<Uid, group_send::Held>,
 }
 
 impl Router {
@@ -196,8 +203,10 @@ impl Router {
             groups: Groups::default(),
             max_group_members: usize::MAX,
             waiting_logins: Vec::new(),
+            waiting_fetches: Vec::new(),
             groups_asked: false,
             groups_ask_after: None,
+            group_retries: std::collections::VecDeque::new(),
             held_group: HashMap::new(),
         }
     }

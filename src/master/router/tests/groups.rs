@@ -97,10 +97,28 @@ fn a_member_still_taking_older_messages_is_owed_what_its_take_did_not_bring() {
     let (_, second) = to_group(&mut t, "g", None);
     assert_eq!(first["delivered"], 1, "only 1: {first}");
     assert_eq!(t.got(&a).len(), 2);
+    let actions = t.actions();
     assert!(
-        !names(&t.actions()).contains(&"GroupOwed".to_owned()),
+        !names(&actions).contains(&"GroupOwed".to_owned()),
         "not before the take answers"
     );
+    // Both are written (the next take waits for writes on their way).
+    let writes: Vec<_> = actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Task {
+                    origin: Origin::GroupStored { .. },
+                    ..
+                }
+            )
+        })
+        .map(|a| group_write(std::slice::from_ref(a)))
+        .collect();
+    for w in writes {
+        answer_write(&mut t, w, Reply::Ok);
+    }
     // The take brought the first (stored in time), not the second: the second is owed.
     let id = MessageId(id_of(&first).parse().expect("id"));
     let (frame, _) = frames::group_message(id, "push", Uid(0), "g", 1000, 0, "[1]");
@@ -137,13 +155,13 @@ fn a_new_hold_of_an_online_member_first_records_what_it_had_live() {
     let _a = t.online(1, "app");
     join(&mut t, "g", &[1]);
     let (_, reply) = to_group(&mut t, "g", None);
-    t.actions();
+    let write = group_write(&t.actions());
     // Another device of 1 logs in: its take must not hand 1 what it had live.
     t.upgrade(&mock::upgrade_request(1, "web", None));
     let actions = t.actions();
     // The group's message is not written yet: the login's take waits for it.
     assert_eq!(names(&actions), ["GroupSeen"]);
-    t.r.group_stored(&GroupName::new("g").expect("g"), t.now);
+    answer_write(&mut t, write, Reply::Ok);
     assert_eq!(
         names(&t.actions()),
         ["Login"],
@@ -215,7 +233,8 @@ fn a_member_going_offline_tells_the_store_where_it_stands() {
     join(&mut t, "g", &[1]);
     let (_, reply) = to_group(&mut t, "g", None);
     let id = id_of(&reply);
-    t.actions();
+    let write = group_write(&t.actions());
+    answer_write(&mut t, write, Reply::Ok);
     t.r.offline(a.conn, Uid(1), src("app"));
     let actions = t.actions();
     let seen: Vec<_> = tasks(&actions)
@@ -248,4 +267,62 @@ fn a_join_past_the_limit_is_413_and_asks_nothing() {
     t.actions();
     let body = r#"{"sk":"k","means":"join_group","data":{"group":"g","uids":["3"]}}"#;
     assert_eq!(t.push(body, 0), PushOutcome::Later);
+}
+
+/// The group message write among `actions`: (key, body, group, id, retry).
+fn group_write(actions: &[Action]) -> (u64, Bytes, GroupName, MessageId, bool) {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Task {
+                key,
+                body,
+                origin: Origin::GroupStored { group, id, retry },
+            } => Some((*key, body.clone(), group.clone(), *id, *retry)),
+            _ => None,
+        })
+        .expect("a group message write")
+}
+
+fn answer_write(t: &mut T, write: (u64, Bytes, GroupName, MessageId, bool), reply: Reply) {
+    let (key, body, group, id, retry) = write;
+    t.r.group_write_answered(key, body, group, id, retry, reply, t.now);
+}
+
+#[test]
+fn a_failed_group_write_is_tried_again_and_members_places_stop_before_it() {
+    let mut t = T::new(true, LIMIT);
+    let a = t.online(1, "app");
+    join(&mut t, "g", &[1]);
+    let (_, first) = to_group(&mut t, "g", None);
+    let write = group_write(&t.actions());
+    answer_write(&mut t, write, Reply::Failed(StoreUnavailable));
+    let (_, second) = to_group(&mut t, "g", None);
+    let write2 = group_write(&t.actions());
+    answer_write(&mut t, write2, Reply::Ok);
+    assert_eq!(t.got(&a).len(), 2, "both live");
+    // Going offline: its place stops before the message not written yet.
+    t.r.offline(a.conn, Uid(1), src("app"));
+    let actions = t.actions();
+    let seen: Vec<u64> = tasks(&actions)
+        .into_iter()
+        .filter_map(|(_, task, _)| match task {
+            Task::GroupSeen { seen, .. } => Some(seen[0].1 .0),
+            _ => None,
+        })
+        .collect();
+    let first: u64 = id_of(&first).parse().expect("id");
+    assert_eq!(
+        seen,
+        [first - 1],
+        "not past {first} (second: {})",
+        id_of(&second)
+    );
+    // Tried again a second later, on the group's slot, as a retry.
+    t.r.retry_group_writes(t.now);
+    assert!(t.actions().is_empty(), "not yet");
+    t.r.retry_group_writes(t.now + Duration::from_secs(2));
+    let (_, _, _, id, retry) = group_write(&t.actions());
+    assert_eq!((id.0, retry), (first, true));
+    assert_eq!(t.r.group_writes_waiting(), 0);
 }
