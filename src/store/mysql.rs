@@ -53,6 +53,14 @@ const GROUP_SCHEMA: [&str; 3] = [
 ) ENGINE=InnoDB",
 ];
 
+/// Whether a group message waits for a member: no content read, no temporary table.
+const GROUP_PENDING_ANY: &str = "
+SELECT 1 FROM group_member c JOIN group_message m ON m.grp = c.grp AND m.id > c.seen
+ WHERE c.uid = ? AND (m.exclude_uid IS NULL OR m.exclude_uid <> c.uid)
+UNION ALL
+SELECT 1 FROM group_owed o JOIN group_message m ON m.id = o.id WHERE o.uid = ?
+LIMIT 1";
+
 /// A member's group messages after its `seen`, and those it is owed, oldest first.
 const GROUP_PENDING: &str = "
 SELECT m.id, m.uid, m.grp, m.type, m.content, m.create_time
@@ -176,9 +184,8 @@ impl MessageStore for MysqlStore {
     ) -> Result<Vec<PendingMessage>, StoreError> {
         self.with(|conn| {
             // Most logins have nothing waiting: indexed reads, no transaction, no row locks.
-            if read_chats(conn, uid, 1, "")?.is_empty()
-                && read_group_pending(conn, uid, 1)?.is_empty()
-            {
+            let group_waits: Option<u8> = conn.exec_first(GROUP_PENDING_ANY, (uid.0, uid.0))?;
+            if read_chats(conn, uid, 1, "")?.is_empty() && group_waits.is_none() {
                 return Ok(Vec::new());
             }
             let mut tx = conn.start_transaction(TxOpts::default())?;

@@ -196,7 +196,9 @@ impl MessageStore for SqliteStore {
         now: u64,
     ) -> Result<Vec<PendingMessage>, StoreError> {
         // Most logins have nothing waiting: indexed reads, no write lock.
-        if self.read_chats(uid, 1)?.is_empty() && self.read_group_pending(uid, 1)?.is_empty() {
+        if self.read_chats(uid, 1)?.is_empty()
+            && !self.exists(super::sqlite_groups::GROUP_PENDING_ANY, uid)?
+        {
             return Ok(Vec::new());
         }
         let tx = self
@@ -258,16 +260,19 @@ impl SqliteStore {
             .map_err(store_err)
     }
 
-    fn read_chats(&mut self, uid: Uid, rows: usize) -> Result<Vec<PendingMessage>, StoreError> {
-        read_chats(&self.db, uid, rows)
+    /// Whether `sql` (one `?1`, the uid) finds a row.
+    fn exists(&self, sql: &str, uid: Uid) -> Result<bool, StoreError> {
+        self.db
+            .prepare_cached(sql)
+            .map_err(store_err)?
+            .query_row(params![uid.0 as i64], |_| Ok(()))
+            .optional()
+            .map(|found| found.is_some())
+            .map_err(store_err)
     }
 
-    fn read_group_pending(
-        &mut self,
-        uid: Uid,
-        rows: usize,
-    ) -> Result<Vec<PendingMessage>, StoreError> {
-        read_group_pending(&self.db, uid, rows)
+    fn read_chats(&mut self, uid: Uid, rows: usize) -> Result<Vec<PendingMessage>, StoreError> {
+        read_chats(&self.db, uid, rows)
     }
 }
 

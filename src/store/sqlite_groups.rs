@@ -18,6 +18,14 @@ SELECT m.id, m.uid, m.grp, m.type, m.content, m.create_time
  WHERE o.uid = ?1
 ORDER BY 1 LIMIT ?2";
 
+/// Whether a group message waits for a member: no content read, nothing to sort.
+pub(super) const GROUP_PENDING_ANY: &str = "
+SELECT 1 FROM group_member c JOIN group_message m ON m.grp = c.grp AND m.id > c.seen
+ WHERE c.uid = ?1 AND (m.exclude_uid IS NULL OR m.exclude_uid <> ?1)
+UNION ALL
+SELECT 1 FROM group_owed o JOIN group_message m ON m.id = o.id WHERE o.uid = ?1
+LIMIT 1";
+
 /// How many group messages `uid` is owed (`GROUP_PENDING` without its limit).
 pub(super) const GROUP_PENDING_COUNT: &str = "
 SELECT COUNT(*) FROM (

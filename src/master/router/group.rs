@@ -10,6 +10,9 @@ use crate::master::http::error_body;
 use crate::model::{GroupName, MessageId, Uid};
 use std::hash::{Hash, Hasher};
 
+/// The most members a `demo:` group may have through the demo page.
+const DEMO_GROUP_MEMBERS: usize = 100;
+
 /// A membership change waiting for the store's answer.
 #[derive(Debug, Clone)]
 pub enum GroupChange {
@@ -113,7 +116,15 @@ impl Router {
     }
 
     /// The demo page's join (`/demo/join`): `uid` into `group`, answered as `join_group` is.
+    /// At most `DEMO_GROUP_MEMBERS` members: the demo is for trying, from any page.
     pub fn demo_join(&mut self, group: GroupName, uid: Uid, to: ReplyTo) -> PushOutcome {
+        if self.groups.member_count(&group) >= DEMO_GROUP_MEMBERS {
+            let why = format!("a demo group has at most {DEMO_GROUP_MEMBERS} members");
+            return PushOutcome::Now {
+                status: 413,
+                body: error_body(413, &why),
+            };
+        }
         self.join_group(group, vec![uid], to)
     }
 
