@@ -114,9 +114,13 @@ pub enum Task<'a> {
     },
     /// Cluster: which of these uids have a connection on a live node; answered with `Online`.
     GroupOnline(Vec<Uid>),
-    /// A group message whose first write failed: kept, and owed to the members whose place
-    /// already passed it (a take went on without it).
-    GroupStoreLate(#[serde(borrow)] StoredGroupMessage<'a>),
+    /// Cluster: a group message this node could not publish to the others: owed to every
+    /// member of the group (who joined before it) but `except`, those who had it here.
+    GroupUndelivered {
+        group: &'a str,
+        id: MessageId,
+        except: Vec<Uid>,
+    },
     /// Cluster: this node has a member of each group online (true), or none any more.
     GroupNodes(#[serde(borrow)] Vec<(&'a str, bool)>),
     /// How many messages wait for `uid` (the dashboard's look-up); answered with `Waiting`.

@@ -181,6 +181,7 @@ impl Master {
                 .router
                 .group_write_answered(key, body, group, id, retry, reply, now),
             Origin::GroupLoad => self.router.groups_answered(reply),
+            Origin::GroupRoute { group, id } => self.router.group_route_answered(group, id, &reply),
             Origin::GroupOnline { to, uids } => self.router.group_online_answered(to, uids, reply),
             Origin::Presence { welcome } => {
                 if let Reply::Failed(why) = reply {
@@ -234,6 +235,9 @@ impl Master {
             return;
         };
         let inbound = c.on_subscriber_event(now);
+        if inbound.lost {
+            self.router.subscription_lost();
+        }
         if inbound.resubscribed {
             // Changes still queued are contained in the rewrite.
             c.forget_queued_presence();

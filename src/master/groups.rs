@@ -22,6 +22,9 @@ struct Group {
     unstored: std::collections::VecDeque<MessageId>,
     /// Messages whose write failed and waits to be tried again.
     failed: std::collections::BTreeSet<MessageId>,
+    /// Cluster: the newest message heard before this node's subscription was lost; what other
+    /// nodes published after it may not have been heard here.
+    gap_floor: Option<MessageId>,
 }
 
 impl Group {
@@ -30,9 +33,12 @@ impl Group {
     /// it live, it comes again rather than never). One still with a worker does not count:
     /// takes wait for those.
     fn had_upto(&self) -> MessageId {
+        let last = self
+            .gap_floor
+            .map_or(self.last, |floor| self.last.min(floor));
         match self.failed.first() {
-            Some(id) => self.last.min(MessageId(id.0.saturating_sub(1))),
-            None => self.last,
+            Some(id) => last.min(MessageId(id.0.saturating_sub(1))),
+            None => last,
         }
     }
 }
@@ -330,6 +336,21 @@ impl Groups {
                 .and_then(|g| g.unstored.front())
                 .is_some_and(|oldest| *oldest <= upto)
         })
+    }
+
+    /// Cluster: the subscription was lost. Until members online here have been taken their
+    /// messages again (`gap_closed`), their places stop at what was heard before.
+    pub fn gap_opened(&mut self) {
+        for g in self.table.values_mut() {
+            g.gap_floor.get_or_insert(g.last);
+        }
+    }
+
+    /// The members online here were asked to take what they may have missed.
+    pub fn gap_closed(&mut self) {
+        for g in self.table.values_mut() {
+            g.gap_floor = None;
+        }
     }
 
     /// Gives back the room of tables that held far more than they do now.

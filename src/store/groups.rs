@@ -11,11 +11,18 @@ use std::collections::HashMap;
 
 /// What the message stores keep of groups (SQLite on one node, MySQL when configured).
 pub trait GroupMessages {
-    /// Keeps group messages (an id already kept is left as it is).
+    /// Keeps group messages (an id already kept is left as it is). A message written after a
+    /// member's place passed it (its write failed and came later, or another node's took
+    /// longer) is owed to that member, if it was a member when the message was sent.
     fn group_insert(&mut self, messages: &[StoredGroupMessage<'_>]) -> Result<(), StoreError>;
-    /// Keeps a group message written late (its first write failed) and owes it to the members
-    /// whose place has passed it meanwhile.
-    fn group_insert_late(&mut self, message: &StoredGroupMessage<'_>) -> Result<(), StoreError>;
+    /// A message not heard by the other nodes: owed to every member who joined before it,
+    /// but `except`.
+    fn group_undelivered(
+        &mut self,
+        group: &str,
+        id: MessageId,
+        except: &[Uid],
+    ) -> Result<(), StoreError>;
     /// `uids` are members of `group` from `at` on (a member already is stays as it was);
     /// answers the number of members after.
     fn group_join(&mut self, group: &str, uids: &[Uid], at: MessageId) -> Result<u64, StoreError>;

@@ -42,8 +42,10 @@ const GROUP_SCHEMA: [&str; 3] = [
     grp  VARCHAR(64)     NOT NULL,
     uid  BIGINT UNSIGNED NOT NULL,
     seen BIGINT UNSIGNED NOT NULL,
+    joined BIGINT UNSIGNED NOT NULL,
     PRIMARY KEY (grp, uid),
-    KEY uid (uid)
+    KEY uid (uid),
+    KEY grp_seen (grp, seen)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
     "CREATE TABLE IF NOT EXISTS group_owed (
     uid BIGINT UNSIGNED NOT NULL,
@@ -52,6 +54,14 @@ const GROUP_SCHEMA: [&str; 3] = [
     KEY id (id)
 ) ENGINE=InnoDB",
 ];
+
+/// Members whose place is already past a message being written (and who were members when
+/// it was sent) are owed it: a take went on without it.
+const LATE_OWED: &str = "
+INSERT IGNORE INTO group_owed (uid, id)
+SELECT c.uid, m.id FROM group_member c JOIN group_message m ON m.grp = c.grp
+ WHERE m.id = ? AND c.grp = ? AND c.seen >= m.id AND c.joined < m.id
+   AND (m.exclude_uid IS NULL OR m.exclude_uid <> c.uid)";
 
 /// Whether a group message waits for a member: no content read, no temporary table.
 const GROUP_PENDING_ANY: &str = "
@@ -319,25 +329,51 @@ impl GroupMessages for MysqlStore {
     fn group_insert(&mut self, messages: &[StoredGroupMessage<'_>]) -> Result<(), StoreError> {
         self.with(|conn| {
             let mut tx = conn.start_transaction(TxOpts::default())?;
-            for chunk in messages.chunks(ROWS_PER_INSERT) {
-                let rows = vec!["(?,?,?,?,?,?,?)"; chunk.len()].join(",");
-                let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 7);
-                for m in chunk {
-                    params.extend([
-                        m.id.0.into(),
-                        m.group.into(),
-                        m.from.0.into(),
-                        m.kind.into(),
-                        m.content.into(),
-                        m.time.into(),
-                        m.exclude.map(|u| u.0).into(),
-                    ]);
-                }
+            // One row a statement: whether it is new decides whether it is owed late.
+            for m in messages {
                 tx.exec_drop(
-                    format!(
-                        "INSERT INTO group_message (id, grp, uid, type, content, create_time, exclude_uid)
-                         VALUES {rows} ON DUPLICATE KEY UPDATE id = id"
+                    "INSERT IGNORE INTO group_message
+                     (id, grp, uid, type, content, create_time, exclude_uid)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        m.id.0,
+                        m.group,
+                        m.from.0,
+                        m.kind,
+                        m.content,
+                        m.time,
+                        m.exclude.map(|u| u.0),
                     ),
+                )?;
+                if tx.affected_rows() > 0 {
+                    tx.exec_drop(LATE_OWED, (m.id.0, m.group))?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    fn group_undelivered(
+        &mut self,
+        group: &str,
+        id: MessageId,
+        except: &[Uid],
+    ) -> Result<(), StoreError> {
+        self.with(|conn| {
+            let mut tx = conn.start_transaction(TxOpts::default())?;
+            tx.exec_drop(
+                "INSERT IGNORE INTO group_owed (uid, id)
+                 SELECT c.uid, m.id FROM group_member c JOIN group_message m ON m.grp = c.grp
+                  WHERE m.id = ? AND c.grp = ? AND c.joined < m.id
+                    AND (m.exclude_uid IS NULL OR m.exclude_uid <> c.uid)",
+                (id.0, group),
+            )?;
+            for chunk in except.chunks(ROWS_PER_INSERT * 5) {
+                let marks = vec!["?"; chunk.len()].join(",");
+                let mut params: Vec<Value> = vec![id.0.into()];
+                params.extend(chunk.iter().map(|u| Value::from(u.0)));
+                tx.exec_drop(
+                    format!("DELETE FROM group_owed WHERE id = ? AND uid IN ({marks})"),
                     params,
                 )?;
             }
@@ -345,30 +381,19 @@ impl GroupMessages for MysqlStore {
         })
     }
 
-    fn group_insert_late(&mut self, m: &StoredGroupMessage<'_>) -> Result<(), StoreError> {
-        self.group_insert(std::slice::from_ref(m))?;
-        let exclude = m.exclude.map(|u| u.0);
-        self.with(|conn| {
-            conn.exec_drop(
-                "INSERT IGNORE INTO group_owed (uid, id)
-                 SELECT uid, ? FROM group_member
-                  WHERE grp = ? AND seen >= ? AND (? IS NULL OR uid <> ?)",
-                (m.id.0, m.group, m.id.0, exclude, exclude),
-            )
-        })
-    }
-
     fn group_join(&mut self, group: &str, uids: &[Uid], at: MessageId) -> Result<u64, StoreError> {
         self.with(|conn| {
             let mut tx = conn.start_transaction(TxOpts::default())?;
             for chunk in uids.chunks(ROWS_PER_INSERT * 5) {
-                let rows = vec!["(?,?,?)"; chunk.len()].join(",");
-                let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 3);
+                let rows = vec!["(?,?,?,?)"; chunk.len()].join(",");
+                let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 4);
                 for uid in chunk {
-                    params.extend([group.into(), uid.0.into(), at.0.into()]);
+                    params.extend([group.into(), uid.0.into(), at.0.into(), at.0.into()]);
                 }
                 tx.exec_drop(
-                    format!("INSERT IGNORE INTO group_member (grp, uid, seen) VALUES {rows}"),
+                    format!(
+                        "INSERT IGNORE INTO group_member (grp, uid, seen, joined) VALUES {rows}"
+                    ),
                     params,
                 )?;
             }

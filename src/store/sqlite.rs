@@ -50,9 +50,11 @@ CREATE TABLE IF NOT EXISTS group_member (
     grp  TEXT    NOT NULL,
     uid  INTEGER NOT NULL,
     seen INTEGER NOT NULL,
+    joined INTEGER NOT NULL,
     PRIMARY KEY (grp, uid)
 );
 CREATE INDEX IF NOT EXISTS group_member_uid ON group_member (uid);
+CREATE INDEX IF NOT EXISTS group_member_seen ON group_member (grp, seen);
 CREATE TABLE IF NOT EXISTS group_owed (
     uid INTEGER NOT NULL,
     id  INTEGER NOT NULL,
@@ -492,7 +494,7 @@ mod tests {
         assert_eq!(s.group_purge(MessageId(55)).expect("purge"), 4);
         assert_eq!(take(&mut s, 3), [(60, g)]);
         // Written late (its first write failed): owed to whoever's place passed it.
-        s.group_insert_late(&group_msg(58)).expect("late");
+        s.group_insert(&[group_msg(58)]).expect("late");
         assert_eq!(take(&mut s, 3), [(58, Some("g".to_string()))]);
         let _ = std::fs::remove_dir_all(dir);
     }

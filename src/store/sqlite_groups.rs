@@ -18,6 +18,14 @@ SELECT m.id, m.uid, m.grp, m.type, m.content, m.create_time
  WHERE o.uid = ?1
 ORDER BY 1 LIMIT ?2";
 
+/// Members whose place is already past a message being written (and who were members when
+/// it was sent) are owed it: a take went on without it.
+const LATE_OWED: &str = "
+INSERT OR IGNORE INTO group_owed (uid, id)
+SELECT c.uid, m.id FROM group_member c JOIN group_message m ON m.grp = c.grp
+ WHERE m.id = ?2 AND c.grp = ?1 AND c.seen >= m.id AND c.joined < m.id
+   AND (m.exclude_uid IS NULL OR m.exclude_uid <> c.uid)";
+
 /// Whether a group message waits for a member: no content read, nothing to sort.
 pub(super) const GROUP_PENDING_ANY: &str = "
 SELECT 1 FROM group_member c JOIN group_message m ON m.grp = c.grp AND m.id > c.seen
@@ -109,38 +117,56 @@ impl GroupMessages for SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(store_err)?;
+            let mut late = tx.prepare_cached(LATE_OWED).map_err(store_err)?;
             for m in messages {
-                stmt.execute(params![
-                    m.id.0 as i64,
-                    m.group,
-                    m.from.0 as i64,
-                    m.kind,
-                    m.content,
-                    m.time as i64,
-                    m.exclude.map(|u| u.0 as i64)
-                ])
-                .map_err(store_err)?;
+                let inserted = stmt
+                    .execute(params![
+                        m.id.0 as i64,
+                        m.group,
+                        m.from.0 as i64,
+                        m.kind,
+                        m.content,
+                        m.time as i64,
+                        m.exclude.map(|u| u.0 as i64)
+                    ])
+                    .map_err(store_err)?;
+                if inserted > 0 {
+                    late.execute(params![m.group, m.id.0 as i64])
+                        .map_err(store_err)?;
+                }
             }
         }
         tx.commit().map_err(store_err)
     }
 
-    fn group_insert_late(&mut self, m: &StoredGroupMessage<'_>) -> Result<(), StoreError> {
-        self.group_insert(std::slice::from_ref(m))?;
-        self.db
-            .prepare_cached(
-                "INSERT OR IGNORE INTO group_owed (uid, id)
-                 SELECT uid, ?2 FROM group_member
-                  WHERE grp = ?1 AND seen >= ?2 AND uid <> IFNULL(?3, -1)",
-            )
-            .map_err(store_err)?
-            .execute(params![
-                m.group,
-                m.id.0 as i64,
-                m.exclude.map(|u| u.0 as i64)
-            ])
+    fn group_undelivered(
+        &mut self,
+        group: &str,
+        id: MessageId,
+        except: &[Uid],
+    ) -> Result<(), StoreError> {
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(store_err)?;
-        Ok(())
+        tx.execute(
+            "INSERT OR IGNORE INTO group_owed (uid, id)
+             SELECT c.uid, m.id FROM group_member c JOIN group_message m ON m.grp = c.grp
+              WHERE c.grp = ?1 AND m.id = ?2 AND c.joined < m.id
+                AND (m.exclude_uid IS NULL OR m.exclude_uid <> c.uid)",
+            params![group, id.0 as i64],
+        )
+        .map_err(store_err)?;
+        {
+            let mut had = tx
+                .prepare_cached("DELETE FROM group_owed WHERE uid = ?1 AND id = ?2")
+                .map_err(store_err)?;
+            for uid in except {
+                had.execute(params![uid.0 as i64, id.0 as i64])
+                    .map_err(store_err)?;
+            }
+        }
+        tx.commit().map_err(store_err)
     }
 
     fn group_join(&mut self, group: &str, uids: &[Uid], at: MessageId) -> Result<u64, StoreError> {
@@ -151,7 +177,8 @@ impl GroupMessages for SqliteStore {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO group_member (grp, uid, seen) VALUES (?1, ?2, ?3)",
+                    "INSERT OR IGNORE INTO group_member (grp, uid, seen, joined)
+                     VALUES (?1, ?2, ?3, ?3)",
                 )
                 .map_err(store_err)?;
             for uid in uids {

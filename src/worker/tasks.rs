@@ -80,7 +80,10 @@ impl Stores {
             }
             Task::GroupOwed { uid, ids } => self.messages.group_owed(uid, &ids).map(|_| Reply::Ok),
             Task::GroupLoad => self.group_load(),
-            Task::GroupStoreLate(m) => self.messages.group_insert_late(&m).map(|_| Reply::Ok),
+            Task::GroupUndelivered { group, id, except } => self
+                .messages
+                .group_undelivered(group, id, &except)
+                .map(|_| Reply::Ok),
             Task::CountPending(uid) => self
                 .messages
                 .count_pending(uid)
@@ -266,7 +269,7 @@ fn cluster_task_reply(cluster: &mut ClusterStore, task: Task<'_>) -> Result<Repl
         | Task::GroupSeen { .. }
         | Task::GroupOwed { .. }
         | Task::GroupLoad
-        | Task::GroupStoreLate(_)
+        | Task::GroupUndelivered { .. }
         | Task::CountPending(_)
         | Task::GroupPurge { .. } => Reply::Failed(TaskFailure::NotClustered),
     })

@@ -19,6 +19,8 @@ pub struct Inbound {
     pub messages: Vec<Bytes>,
     /// The subscription was re-established after a loss: presence must be rewritten.
     pub resubscribed: bool,
+    /// The subscription was lost: what is published until it is back is not heard here.
+    pub lost: bool,
 }
 
 pub struct Subscriber {
@@ -114,6 +116,7 @@ impl Subscriber {
                     self.losses += u64::from(self.subscribed);
                     self.subscribed = false;
                     self.lost_subscription = true;
+                    inbound.lost = true;
                 }
                 Ok(_) => {}
                 Err(e) => warn!("cluster subscriber sent an unreadable frame: {e}"),
@@ -124,6 +127,7 @@ impl Subscriber {
             error!("cluster subscriber refused: {e}; restart the server to run the new build");
             self.let_go();
             self.lost_subscription = true;
+            inbound.lost = true;
             self.respawn_at = Some(now + RESPAWN_AFTER);
         } else if let Err(e) = outcome {
             match e {
@@ -132,6 +136,7 @@ impl Subscriber {
             }
             self.let_go();
             self.lost_subscription = true;
+            inbound.lost = true;
             self.respawn_at = Some(now + RESPAWN_AFTER);
         }
         inbound

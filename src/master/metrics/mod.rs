@@ -234,7 +234,9 @@ impl Metrics {
         self.cluster_received += 1;
         let delivers = match message {
             ClusterMessage::Deliver { .. } => true,
-            ClusterMessage::Broadcast { origin, .. } => *origin != node,
+            ClusterMessage::Broadcast { origin, .. } | ClusterMessage::Group { origin, .. } => {
+                *origin != node
+            }
             _ => false,
         };
         self.routed += u64::from(delivers);
@@ -254,6 +256,8 @@ impl Metrics {
             }
         );
         match &c.origin {
+            Origin::GroupStored { .. } if failed => self.store_errors[STORE_WRITE] += 1,
+            Origin::GroupStored { .. } => self.store_rows_written += 1,
             Origin::Store | Origin::StoreProbe => match (&c.reply, task_head(&c.body)) {
                 (Reply::Failed(_), _) => self.store_errors[STORE_WRITE] += 1,
                 (Reply::PartlyStored { refused }, TaskHead::Store { rows }) => {
@@ -266,7 +270,7 @@ impl Metrics {
             Origin::Login { .. } | Origin::FetchPending { .. } if failed || unreadable => {
                 self.store_errors[STORE_READ] += 1;
             }
-            Origin::Route { .. } => match c.reply {
+            Origin::Route { .. } | Origin::GroupRoute { .. } => match c.reply {
                 Reply::Routed { nodes } => self.cluster_routed += u64::from(nodes),
                 Reply::Failed(_) => self.redis_errors[REDIS_ROUTE] += 1,
                 _ => {}

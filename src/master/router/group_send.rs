@@ -166,7 +166,11 @@ impl Router {
                 group: message.group.as_str(),
                 message: published,
             };
-            self.task(super::PRESENCE_KEY, &task, Origin::Cluster);
+            let origin = Origin::GroupRoute {
+                group: message.group.clone(),
+                id: message.id,
+            };
+            self.task(super::PRESENCE_KEY, &task, origin);
         }
         delivered
     }
@@ -366,19 +370,32 @@ impl Router {
                     self.groups.failed_written(&dropped.group, dropped.id);
                 }
             }
-            // Tried again as a late write: takes may have gone on without it.
-            let late = match crate::ipc::decode::<Task>(&body) {
-                Ok(Task::GroupStore(m)) => crate::ipc::encode_task(&Task::GroupStoreLate(m)).ok(),
-                _ => None,
-            };
+            // The store owes it to members whose place passed it meanwhile (`group_insert`).
             self.group_retries.push_back(GroupRetry {
                 key,
-                body: late.unwrap_or(body),
+                body,
                 group,
                 id,
                 at: now + GROUP_RETRY_AFTER,
             });
         }
+    }
+
+    /// Cluster: a group message could not be published to the other nodes (Redis was away):
+    /// every member who did not have it here gets it at its next take.
+    pub fn group_route_answered(&mut self, group: GroupName, id: MessageId, reply: &Reply) {
+        let Reply::Failed(why) = reply else {
+            return;
+        };
+        log::warn!("group message {id} of {group} not published to the other nodes ({why})");
+        let except: Vec<Uid> = self.groups.online_members(&group).collect();
+        let task = Task::GroupUndelivered {
+            group: group.as_str(),
+            id,
+            except,
+        };
+        // On the group's slot, after the message's own write.
+        self.task(group_key(&group), &task, Origin::Store);
     }
 
     /// Group messages whose failed write waits to be tried again.

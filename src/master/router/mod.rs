@@ -93,6 +93,11 @@ pub enum Origin {
     },
     /// The start-up read of every group.
     GroupLoad,
+    /// Cluster: a group message published to the nodes with members online.
+    GroupRoute {
+        group: GroupName,
+        id: MessageId,
+    },
     /// The dashboard's look-up of a uid: what was found here, waiting for the store's count
     /// of its messages waiting.
     AdminUser {

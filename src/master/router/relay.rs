@@ -399,8 +399,17 @@ impl Router {
         self.ask_for_groups(std::time::Instant::now());
         let uids: Vec<Uid> = self.registry.users().map(|(uid, _)| uid).collect();
         for uid in uids {
+            // Their places stop before the gap (`begin_hold`): the take brings what was
+            // published while the subscription was away.
             self.fetch(uid);
         }
+        self.groups.gap_closed();
+    }
+
+    /// The subscription to this node's channel was lost: group messages published meanwhile
+    /// are not heard here (see `Groups::gap_opened`).
+    pub fn subscription_lost(&mut self) {
+        self.groups.gap_opened();
     }
 }
 

@@ -326,3 +326,67 @@ fn a_failed_group_write_is_tried_again_and_members_places_stop_before_it() {
     assert_eq!((id.0, retry), (first, true));
     assert_eq!(t.r.group_writes_waiting(), 0);
 }
+
+#[test]
+fn a_group_message_no_other_node_heard_is_owed_to_all_but_those_here() {
+    let mut t = T::cluster();
+    let a = t.online(1, "app");
+    join(&mut t, "g", &[1, 2]);
+    let (_, reply) = to_group(&mut t, "g", None);
+    assert_eq!(t.got(&a).len(), 1);
+    let actions = t.actions();
+    let (group, id) = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Task {
+                origin: Origin::GroupRoute { group, id },
+                ..
+            } => Some((group.clone(), *id)),
+            _ => None,
+        })
+        .expect("a group route");
+    assert_eq!(id.to_string(), id_of(&reply));
+    t.r.group_route_answered(group, id, &Reply::Failed(StoreUnavailable));
+    let actions = t.actions();
+    let undelivered: Vec<_> = tasks(&actions)
+        .into_iter()
+        .filter_map(|(_, task, _)| match task {
+            Task::GroupUndelivered { id, except, .. } => Some((id, except)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        undelivered,
+        [(id, vec![Uid(1)])],
+        "all but 1, who had it here"
+    );
+}
+
+#[test]
+fn while_the_subscription_is_lost_places_stop_at_what_was_heard_before() {
+    let mut t = T::cluster();
+    let a = t.online(1, "app");
+    join(&mut t, "g", &[1]);
+    let (_, before) = to_group(&mut t, "g", None);
+    let write = group_write(&t.actions());
+    answer_write(&mut t, write, Reply::Ok);
+    t.r.subscription_lost();
+    let (_, after) = to_group(&mut t, "g", None);
+    let write = group_write(&t.actions());
+    answer_write(&mut t, write, Reply::Ok);
+    assert_ne!(id_of(&before), id_of(&after));
+    t.r.offline(a.conn, Uid(1), src("app"));
+    let actions = t.actions();
+    let seen: Vec<String> = tasks(&actions)
+        .into_iter()
+        .filter_map(|(_, task, _)| match task {
+            Task::GroupSeen { seen, .. } => Some(seen[0].1.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [id_of(&before)],
+        "what others published meanwhile may be missing"
+    );
+}
