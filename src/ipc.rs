@@ -120,6 +120,9 @@ pub enum Task<'a> {
         group: &'a str,
         id: MessageId,
         except: Vec<Uid>,
+        /// Only to members whose place already passed it (it came to this node after newer
+        /// ones: those online here had it, others' places may have been recorded past it).
+        passed_only: bool,
     },
     /// Cluster: this node has a member of each group online (true), or none any more.
     GroupNodes(#[serde(borrow)] Vec<(&'a str, bool)>),

@@ -283,6 +283,13 @@ impl Groups {
         }
     }
 
+    /// The newest message this node sent or heard for `group`.
+    pub fn last(&self, group: &GroupName) -> MessageId {
+        self.table
+            .get(group)
+            .map_or(MessageId::default(), |g| g.last)
+    }
+
     /// Another node sent `id` to `group` (and keeps it): members online here have had it.
     pub fn relayed(&mut self, group: &GroupName, id: MessageId) {
         if let Some(g) = self.table.get_mut(group) {

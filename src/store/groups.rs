@@ -15,13 +15,14 @@ pub trait GroupMessages {
     /// member's place passed it (its write failed and came later, or another node's took
     /// longer) is owed to that member, if it was a member when the message was sent.
     fn group_insert(&mut self, messages: &[StoredGroupMessage<'_>]) -> Result<(), StoreError>;
-    /// A message not heard by the other nodes: owed to every member who joined before it,
-    /// but `except`.
+    /// A message some members may not have had: owed to every member who joined before it
+    /// (with `passed_only`, whose place is already past it), but `except`.
     fn group_undelivered(
         &mut self,
         group: &str,
         id: MessageId,
         except: &[Uid],
+        passed_only: bool,
     ) -> Result<(), StoreError>;
     /// `uids` are members of `group` from `at` on (a member already is stays as it was);
     /// answers the number of members after.

@@ -358,6 +358,7 @@ impl GroupMessages for MysqlStore {
         group: &str,
         id: MessageId,
         except: &[Uid],
+        passed_only: bool,
     ) -> Result<(), StoreError> {
         self.with(|conn| {
             let mut tx = conn.start_transaction(TxOpts::default())?;
@@ -365,8 +366,9 @@ impl GroupMessages for MysqlStore {
                 "INSERT IGNORE INTO group_owed (uid, id)
                  SELECT c.uid, m.id FROM group_member c JOIN group_message m ON m.grp = c.grp
                   WHERE m.id = ? AND c.grp = ? AND c.joined < m.id
+                    AND (? = 0 OR c.seen >= m.id)
                     AND (m.exclude_uid IS NULL OR m.exclude_uid <> c.uid)",
-                (id.0, group),
+                (id.0, group, u8::from(passed_only)),
             )?;
             for chunk in except.chunks(ROWS_PER_INSERT * 5) {
                 let marks = vec!["?"; chunk.len()].join(",");

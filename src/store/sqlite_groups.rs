@@ -144,6 +144,7 @@ impl GroupMessages for SqliteStore {
         group: &str,
         id: MessageId,
         except: &[Uid],
+        passed_only: bool,
     ) -> Result<(), StoreError> {
         let tx = self
             .db
@@ -153,8 +154,9 @@ impl GroupMessages for SqliteStore {
             "INSERT OR IGNORE INTO group_owed (uid, id)
              SELECT c.uid, m.id FROM group_member c JOIN group_message m ON m.grp = c.grp
               WHERE c.grp = ?1 AND m.id = ?2 AND c.joined < m.id
+                AND (?3 = 0 OR c.seen >= m.id)
                 AND (m.exclude_uid IS NULL OR m.exclude_uid <> c.uid)",
-            params![group, id.0 as i64],
+            params![group, id.0 as i64, i64::from(passed_only)],
         )
         .map_err(store_err)?;
         {

@@ -80,9 +80,14 @@ impl Stores {
             }
             Task::GroupOwed { uid, ids } => self.messages.group_owed(uid, &ids).map(|_| Reply::Ok),
             Task::GroupLoad => self.group_load(),
-            Task::GroupUndelivered { group, id, except } => self
+            Task::GroupUndelivered {
+                group,
+                id,
+                except,
+                passed_only,
+            } => self
                 .messages
-                .group_undelivered(group, id, &except)
+                .group_undelivered(group, id, &except, passed_only)
                 .map(|_| Reply::Ok),
             Task::CountPending(uid) => self
                 .messages

@@ -305,6 +305,18 @@ impl Router {
         frame: &[u8],
         now: Instant,
     ) {
+        if self.groups.last(&group) > meta.id {
+            // Newer messages came first: places recorded here since may have passed this one
+            // for members who are gone now. It is owed to them (those online here have it).
+            let except: Vec<Uid> = self.groups.online_members(&group).collect();
+            let task = Task::GroupUndelivered {
+                group: group.as_str(),
+                id: meta.id,
+                except,
+                passed_only: true,
+            };
+            self.task(group_key(&group), &task, Origin::Store);
+        }
         if self.groups.online_members(&group).next().is_none()
             && self.groups.arriving_members(&group).next().is_none()
         {
@@ -393,6 +405,7 @@ impl Router {
             group: group.as_str(),
             id,
             except,
+            passed_only: false,
         };
         // On the group's slot, after the message's own write.
         self.task(group_key(&group), &task, Origin::Store);

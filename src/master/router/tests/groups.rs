@@ -390,3 +390,50 @@ fn while_the_subscription_is_lost_places_stop_at_what_was_heard_before() {
         "what others published meanwhile may be missing"
     );
 }
+
+#[test]
+fn a_relayed_group_message_older_than_one_heard_before_is_owed_to_places_past_it() {
+    let mut t = T::cluster();
+    let a = t.online(1, "app");
+    t.r.group_changed_elsewhere(GroupChange::Join(
+        GroupName::new("g").expect("g"),
+        vec![Uid(1)],
+    ));
+    t.actions();
+    let relay = |id: u64| {
+        let meta = MessageMeta {
+            id: MessageId(id),
+            from: Uid(7),
+            time: 1000,
+            kind: "chat".into(),
+            content: None,
+        };
+        let frame = format!(r#"{{"id":"{id}","to_group":"g"}}"#);
+        ClusterMessage::Group {
+            origin: "10.0.0.9:9501",
+            group: "g",
+            exclude: None,
+            meta,
+            frame: frame.as_bytes(),
+        }
+        .to_json()
+    };
+    t.inbound(&relay(200));
+    assert!(!names(&t.actions()).contains(&"GroupUndelivered".to_owned()));
+    t.inbound(&relay(100));
+    assert_eq!(t.got(&a).len(), 2, "both delivered here");
+    let actions = t.actions();
+    let owed: Vec<_> = tasks(&actions)
+        .into_iter()
+        .filter_map(|(_, task, _)| match task {
+            Task::GroupUndelivered {
+                id,
+                except,
+                passed_only,
+                ..
+            } => Some((id.0, except, passed_only)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(owed, [(100, vec![Uid(1)], true)]);
+}
