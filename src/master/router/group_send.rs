@@ -70,7 +70,7 @@ impl Router {
             content: f.content,
             exclude,
         });
-        let delivered = self.send_to_group(ws, &message, exclude, None, now);
+        let delivered = self.send_to_group(ws, &message, None, now);
         PushOutcome::delivered(Some(id), delivered)
     }
 
@@ -119,23 +119,22 @@ impl Router {
             content: Some(layout.content),
             exclude: None,
         });
-        self.send_to_group(ws, &message, None, Some(conn), now);
+        self.send_to_group(ws, &message, Some(conn), now);
         ws.send(conn, Outgoing::Frame(ack), now);
     }
 
-    /// Queues `message` to every connection of every member online here (but `exclude`'s, and
-    /// the connection `skip`), owes it to members whose older messages are still on their way,
+    /// Queues `message` to every connection of every member online here (but its `exclude`'s,
+    /// and the connection `skip`), owes it to members whose older messages are still on their way,
     /// keeps it once and, in a cluster, publishes it once to the other nodes. Returns how many
     /// connections took it here.
     fn send_to_group<S: Transport>(
         &mut self,
         ws: &mut Sessions<S>,
         message: &Rc<GroupMessage>,
-        exclude: Option<Uid>,
         skip: Option<ConnId>,
         now: Instant,
     ) -> usize {
-        let delivered = self.deliver_to_group(ws, message, exclude, skip, now);
+        let delivered = self.deliver_to_group(ws, message, skip, now);
         self.groups.sent(&message.group, message.id);
         let task = Task::GroupStore(message.stored());
         let origin = Origin::GroupStored {
@@ -149,7 +148,7 @@ impl Router {
             let published = ClusterMessage::Group {
                 origin: &origin,
                 group: message.group.as_str(),
-                exclude,
+                exclude: message.exclude,
                 meta: MessageMeta {
                     id: message.id,
                     from: message.from,
@@ -196,10 +195,10 @@ impl Router {
         &mut self,
         ws: &mut Sessions<S>,
         message: &Rc<GroupMessage>,
-        exclude: Option<Uid>,
         skip: Option<ConnId>,
         now: Instant,
     ) -> usize {
+        let exclude = message.exclude;
         let mut delivered = 0;
         // Members whose take of kept messages is with a worker: settled when it answers.
         let mut taking: Vec<Uid> = self.groups.arriving_members(&message.group).collect();
@@ -336,7 +335,7 @@ impl Router {
             frame: wire,
             exclude,
         });
-        self.deliver_to_group(ws, &message, exclude, None, now);
+        self.deliver_to_group(ws, &message, None, now);
         self.groups.relayed(&message.group, message.id);
     }
 
