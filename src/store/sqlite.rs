@@ -164,10 +164,7 @@ impl TokenStore for SqliteStore {
 
 impl MessageStore for SqliteStore {
     fn insert(&mut self, messages: &[StoredMessage<'_>]) -> Result<(), StoreError> {
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(store_err)?;
+        let tx = self.write_tx()?;
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -203,10 +200,7 @@ impl MessageStore for SqliteStore {
         {
             return Ok(Vec::new());
         }
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(store_err)?;
+        let tx = self.write_tx()?;
         let chats = read_chats(&tx, uid, limit.rows)?;
         let groups = read_group_pending(&tx, uid, limit.rows)?;
         let taken = merge_take(chats, groups, limit);
@@ -241,10 +235,7 @@ impl MessageStore for SqliteStore {
     }
 
     fn requeue(&mut self, uid: Uid, ids: &[MessageId], now: u64) -> Result<(), StoreError> {
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(store_err)?;
+        let tx = self.write_tx()?;
         set_state(&tx, ids.iter().copied(), 0, now)?;
         // A group message taken and not delivered is owed again.
         owe(&tx, uid, ids, true)?;
@@ -259,6 +250,14 @@ impl SqliteStore {
             .map_err(store_err)?
             .query_row(params![uid.0 as i64], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
+            .map_err(store_err)
+    }
+
+    /// A transaction that takes the file's write lock at once (a write never upgrades later,
+    /// where two workers could deadlock).
+    pub(super) fn write_tx(&mut self) -> Result<rusqlite::Transaction<'_>, StoreError> {
+        self.db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(store_err)
     }
 

@@ -5,7 +5,7 @@ use super::groups::GroupMessages;
 use super::sqlite::{store_err, SqliteStore};
 use super::StoreError;
 use crate::model::{MessageId, PendingMessage, StoredGroupMessage, Uid};
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection};
 
 /// A member's group messages after its `seen`, and those it is owed, oldest first.
 const GROUP_PENDING: &str = "
@@ -105,10 +105,7 @@ pub(super) fn owe(
 
 impl GroupMessages for SqliteStore {
     fn group_insert(&mut self, messages: &[StoredGroupMessage<'_>]) -> Result<(), StoreError> {
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(store_err)?;
+        let tx = self.write_tx()?;
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -146,10 +143,7 @@ impl GroupMessages for SqliteStore {
         except: &[Uid],
         passed_only: bool,
     ) -> Result<(), StoreError> {
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(store_err)?;
+        let tx = self.write_tx()?;
         tx.execute(
             "INSERT OR IGNORE INTO group_owed (uid, id)
              SELECT c.uid, m.id FROM group_member c JOIN group_message m ON m.grp = c.grp
@@ -172,10 +166,7 @@ impl GroupMessages for SqliteStore {
     }
 
     fn group_join(&mut self, group: &str, uids: &[Uid], at: MessageId) -> Result<u64, StoreError> {
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(store_err)?;
+        let tx = self.write_tx()?;
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -198,10 +189,7 @@ impl GroupMessages for SqliteStore {
         group: &str,
         leaving: &[(Uid, Option<MessageId>)],
     ) -> Result<u64, StoreError> {
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(store_err)?;
+        let tx = self.write_tx()?;
         {
             let mut keep_owed = tx
                 .prepare_cached(
@@ -231,19 +219,13 @@ impl GroupMessages for SqliteStore {
     }
 
     fn group_seen(&mut self, uid: Uid, seen: &[(&str, MessageId)]) -> Result<(), StoreError> {
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(store_err)?;
+        let tx = self.write_tx()?;
         advance_seen(&tx, uid, seen)?;
         tx.commit().map_err(store_err)
     }
 
     fn group_owed(&mut self, uid: Uid, ids: &[MessageId]) -> Result<(), StoreError> {
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(store_err)?;
+        let tx = self.write_tx()?;
         owe(&tx, uid, ids, false)?;
         tx.commit().map_err(store_err)
     }
@@ -270,10 +252,7 @@ impl GroupMessages for SqliteStore {
     }
 
     fn group_purge(&mut self, before: MessageId) -> Result<u64, StoreError> {
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(store_err)?;
+        let tx = self.write_tx()?;
         let n = tx
             .execute(
                 "DELETE FROM group_message WHERE id < ?1",

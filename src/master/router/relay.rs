@@ -286,6 +286,11 @@ impl Router {
         });
     }
 
+    /// Whether `origin` (a node's `ip:port`) names this node.
+    fn is_here(&self, origin: &str) -> bool {
+        self.relay.as_ref().is_some_and(|r| r.node == origin)
+    }
+
     /// Another node (or this one, through a worker) published to this node.
     pub fn cluster_message<S: Transport>(
         &mut self,
@@ -303,7 +308,7 @@ impl Router {
                 }
             }
             ClusterMessage::Broadcast { origin, frame } => {
-                let from_here = self.relay.as_ref().is_some_and(|r| r.node == origin);
+                let from_here = self.is_here(origin);
                 if !from_here {
                     ws.broadcast(&frames::text(frame), now);
                 }
@@ -318,7 +323,7 @@ impl Router {
                 meta,
                 frame,
             } => {
-                let from_here = self.relay.as_ref().is_some_and(|r| r.node == origin);
+                let from_here = self.is_here(origin);
                 if let (false, Some(group)) = (from_here, GroupName::new(group)) {
                     self.group_relayed(ws, group, exclude, &meta, frame, now);
                 }
@@ -329,7 +334,7 @@ impl Router {
                 join,
                 uids,
             } => {
-                let from_here = self.relay.as_ref().is_some_and(|r| r.node == origin);
+                let from_here = self.is_here(origin);
                 if let (false, Some(group)) = (from_here, GroupName::new(group)) {
                     self.group_changed_elsewhere(if join {
                         super::GroupChange::Join(group, uids)
